@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` and `make test` (README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_output
+# Tests and benchmarks share 2 cores here: pytest-xdist splits test files across them.
+PYTEST_ARGS ?= -n 2 --dist loadfile
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests, which counts as a failure"; exit 1; fi; \
+	exit $$rc
+
+demo: $(STAMP)
+	$(VENV)/bin/slidr demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

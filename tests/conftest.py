@@ -1,0 +1,41 @@
+"""Shared test fixtures: real sensor data (skipped when absent) and thread settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REALDATA = Path(os.environ.get("SLIDR_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
+
+# pytest-xdist runs one process per core: one torch thread each keeps them from fighting over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """``../shared/realdata`` (or $SLIDR_REALDATA); tests using it are skipped where it is absent."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"real sensor data not found at {REALDATA} (a fresh clone has no ../shared/realdata)")
+    return REALDATA
+
+
+@pytest.fixture(scope="session")
+def nuscenes_keyframe(realdata: Path) -> Path:
+    """The real nuScenes v1.0-mini keyframe in devkit layout."""
+    path = realdata / "nuscenes-keyframe"
+    if not (path / "v1.0-mini").is_dir():
+        pytest.skip(f"{path} has no v1.0-mini tables")
+    return path
+
+
+@pytest.fixture(scope="session")
+def semantickitti_scans(realdata: Path) -> Path:
+    """Folder holding SemanticKITTI sequence 00 scans 000000-000002 with their .label files beside them."""
+    path = realdata / "SqueezeSegV3" / "sample_data" / "sequences" / "00" / "velodyne"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found")
+    return path
