@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_output
 # Tests and benchmarks share 2 cores here: pytest-xdist splits test files across them.
 PYTEST_ARGS ?= -n 2 --dist loadfile
+# The CPU build tested here. GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install test demo clean
 
@@ -13,6 +15,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

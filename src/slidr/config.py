@@ -153,6 +153,7 @@ class LossConfig:
     gather_negatives: bool = False  # DDP: gather negatives across processes (release: per-GPU loss)
     queue_size: int = 60000  # DepthContrast
     momentum: float = 0.999  # DepthContrast key encoders
+    embedding_dim: int = 128  # DepthContrast: size of the global (pooled) embeddings
 
     def validate(self, where: str) -> None:
         _positive(self.temperature, f"{where}.temperature")
@@ -202,6 +203,25 @@ class TrainerConfig:
 
 
 @dataclass
+class ScanPairConfig:
+    """PointContrast pairs of keyframes and DepthContrast views (``slidr.data.scan_pairs``)."""
+
+    min_distance: float = 10.0  # PointContrast: pairs whose lidars are closer than this (m) are dropped
+    min_matches: int = 1024  # PointContrast: pairs with fewer matched points are dropped
+    match_radius: float = 0.1  # a match: nearest neighbour in the other registered cloud closer than this (m)
+    max_points: int = 20000  # DepthContrast: points fed to the point network (random subset per view)
+    equivalent_epochs: Optional[int] = 50  # PointContrast: steps = as many clouds as SLidR sees in these epochs
+    cache: Optional[str] = None  # PointContrast: JSON file caching the selected pairs (default: beside the index)
+
+    def validate(self, where: str) -> None:
+        _positive(self.min_matches, f"{where}.min_matches")
+        _positive(self.match_radius, f"{where}.match_radius")
+        _positive(self.max_points, f"{where}.max_points")
+        if self.min_distance < 0:
+            raise ConfigError(f"{where}.min_distance must be >= 0")
+
+
+@dataclass
 class PretrainConfig:
     """``slidr pretrain``: self-supervised pretraining of the 3D backbone."""
 
@@ -212,6 +232,7 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pairs: ScanPairConfig = field(default_factory=ScanPairConfig)
 
 
 @dataclass
@@ -221,6 +242,8 @@ class DownstreamConfig:
     mode: Literal["probe", "finetune"] = "probe"
     pretrained: Optional[str] = None  # exported pretraining file or state dict; None = random init
     lovasz: bool = True
+    lr_random_init: float = 0.05  # fine-tuning from random init: one learning rate for all (authors' config)
+    cache_features: bool = True  # probe without augmentation: compute the frozen features once
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))

@@ -1,0 +1,73 @@
+"""``slidr bench superpixels``: superpixel images/s with 1 and 2 worker processes on real 1600x900 camera images.
+
+Also projects the wall time of all 204,894 nuScenes camera images (34,149 keyframes x 6 cameras) at each rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from slidr.bench import BenchResult
+from slidr.errors import SlidrError
+
+NAME = "superpixels"
+HELP = "superpixel images/s with 1 and 2 workers on the real nuScenes keyframe images"
+NUSCENES_CAMERA_IMAGES = 204_894
+
+
+def default_realdata() -> Path:
+    """``$SLIDR_REALDATA``, else the ``shared/realdata`` folder beside the repository (an editable install)."""
+    if os.environ.get("SLIDR_REALDATA"):
+        return Path(os.environ["SLIDR_REALDATA"])
+    return Path(__file__).resolve().parents[3].parent / "shared" / "realdata"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", default=None,
+                        help="folder holding CAM_*/ folders of camera images (default: the real nuScenes keyframe, "
+                             "<realdata>/nuscenes-keyframe/samples)")
+    parser.add_argument("--method", choices=("slic", "fh"), default="slic")
+    parser.add_argument("--n-segments", type=int, default=150)
+    parser.add_argument("--copies", type=int, default=1, help="segment each image this many times (steadier rates)")
+
+
+def find_camera_images(folder: str | Path | None) -> list[Path]:
+    """The camera images ``folder/CAM_*/*`` (jpg/png); a clear error when there are none."""
+    folder = Path(folder) if folder else default_realdata() / "nuscenes-keyframe" / "samples"
+    images = sorted(path for path in folder.glob("CAM_*/*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not images:
+        raise SlidrError(f"no camera images found in {folder}/CAM_*/ (the real nuScenes keyframe lives in "
+                         f"shared/realdata/nuscenes-keyframe/samples; pass --images FOLDER)")
+    return images
+
+
+def run(args: argparse.Namespace) -> BenchResult:
+    from PIL import Image
+
+    from slidr.data.superpixels import SuperpixelJob, compute_index_superpixels, method_key
+
+    images = find_camera_images(args.images)
+    jobs = [SuperpixelJob(path.parent.name, f"{path.stem}_{copy}{path.suffix}", path)
+            for copy in range(max(1, args.copies)) for path in images]
+    with Image.open(images[0]) as first:
+        size = f"{first.width}x{first.height}"
+    rows, data = [], {"images": len(jobs), "image_size": size, "method": method_key(args.method, args.n_segments)}
+    with tempfile.TemporaryDirectory(prefix="slidr-bench-superpixels-") as tmp:
+        for workers in (1, 2):
+            report = compute_index_superpixels(jobs, Path(tmp) / f"workers{workers}", args.method, args.n_segments,
+                                               workers=workers, show_progress=False)
+            rate = report["images_per_s"]
+            hours = NUSCENES_CAMERA_IMAGES / rate / 3600
+            rows.append({"workers": workers, "images": len(jobs), "wall_s": report["wall_s"], "images_per_s": rate,
+                         "nuscenes_hours": round(hours, 1)})
+            data[f"images_per_s_{workers}"] = rate
+            data[f"projected_nuscenes_hours_{workers}"] = round(hours, 2)
+            data.update(segments_min=report["segments_min"], segments_median=report["segments_median"],
+                        segments_max=report["segments_max"])
+    data["speedup_2_workers"] = round(data["images_per_s_2"] / data["images_per_s_1"], 3)
+    notes = [f"{len(jobs)} images of {size}; projected hours are for nuScenes' {NUSCENES_CAMERA_IMAGES:,} camera "
+             f"images on this machine; segments per image: {data['segments_min']}-{data['segments_max']}"]
+    return BenchResult(rows, data, notes)

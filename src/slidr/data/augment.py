@@ -1,0 +1,357 @@
+"""Paired point-cloud and image augmentations (SLidR supplementary B), keeping point-pixel pairings consistent.
+
+Pure functions on numpy arrays with an explicit ``rng: numpy.random.Generator``.
+
+Pairings are ``pairing_points`` (P,) int64 indices into the points and ``pairing_images`` (P, 3) int64
+(camera k, row, column). Point transforms: rotation about z, flips of x and y, and dropping the points inside
+a random cuboid (pairings of dropped points are removed, the others re-indexed). Image transforms are described
+by an :class:`ImageTransform` per camera: a crop box in the original image, resized to the output size, then an
+optional horizontal flip. Parameters are drawn first (:func:`choose_image_transform`, from the pairings only),
+so a loader can decode no more of the image than the box needs; pairings (:func:`transform_pixels`), images
+(:func:`transform_image`, bilinear) and superpixel maps (:func:`transform_labels`, nearest neighbour) then follow
+the same transform.
+
+Pixel geometry: pixel (r, c) covers [r, r+1) x [c, c+1). A box (top, left, height, width) resized to
+(H_out, W_out) sends pixel r to row floor((r + 0.5 - top) * H_out / height), the output pixel whose area holds
+the centre of r; output row R samples (nearest neighbour) source row top + floor((R + 0.5) * height / H_out).
+Both are computed in integer arithmetic, so they are exact.
+
+Degenerate inputs never hang: cuboid and crop draws are retried at most ``max_tries`` times, then the scan is kept
+whole (cuboid) or the whole image is resized (crop); the result says so, and the datasets count it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from slidr.config import AugmentConfig
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Points.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def rotate_flip_points(xyz: np.ndarray, rng: np.random.Generator, rotate: bool = True,
+                       flip_prob: float = 0.5) -> np.ndarray:
+    """Random rotation about z (angle uniform in [0, 2 pi)), then flips of x and of y, each with ``flip_prob``.
+
+    Parameters
+    ----------
+    xyz : (N, 3) coordinates.
+
+    Returns
+    -------
+    (N, 3) float32 transformed copy.
+    """
+    matrix = np.eye(3)
+    if rotate:
+        angle = rng.uniform(0.0, 2.0 * math.pi)
+        cos, sin = math.cos(angle), math.sin(angle)
+        matrix = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    flips = rng.random(2) < flip_prob
+    matrix = np.diag([-1.0 if flips[0] else 1.0, -1.0 if flips[1] else 1.0, 1.0]) @ matrix
+    return (np.asarray(xyz, np.float64) @ matrix.T).astype(np.float32)
+
+
+def draw_cuboid_drop(xyz: np.ndarray, pairing_points: np.ndarray, rng: np.random.Generator,
+                     max_fraction: float = 0.1, min_pairs: int = 1024, max_tries: int = 10
+                     ) -> tuple[np.ndarray, bool]:
+    """Choose the points to keep after removing a random cuboid.
+
+    The cuboid is centred on a random point; its side on each axis is ``u * max_fraction`` times the range of
+    the coordinates on that axis, with one ``u`` uniform in [0, 1) for all axes (the authors' release). A cuboid
+    that would leave fewer than ``min_pairs`` pairs is redrawn, at most ``max_tries`` times in all.
+
+    Parameters
+    ----------
+    xyz : (N, 3) coordinates.
+    pairing_points : (P,) indices of the paired points.
+
+    Returns
+    -------
+    keep : (N,) bool, the points outside the cuboid (all True when every try failed).
+    fell_back : True when every try failed and the scan is kept whole.
+    """
+    count = len(xyz)
+    if count == 0:
+        return np.ones(0, bool), True
+    extent = xyz.max(axis=0) - xyz.min(axis=0)
+    for _ in range(max_tries):
+        half_side = extent * (rng.random() * max_fraction) / 2.0
+        centre = xyz[rng.integers(count)]
+        inside = np.all((xyz > centre - half_side) & (xyz < centre + half_side), axis=1)
+        keep = ~inside
+        if np.count_nonzero(keep[pairing_points]) >= min_pairs:
+            return keep, False
+    return np.ones(count, bool), True
+
+
+def select_points(keep: np.ndarray, pairing_points: np.ndarray, pairing_images: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Pairings after keeping only the points where ``keep`` is True.
+
+    Parameters
+    ----------
+    keep : (N,) bool.
+    pairing_points : (P,) indices into the N points.
+    pairing_images : (P, 3).
+
+    Returns
+    -------
+    pairing_points (P',) re-indexed into the kept points, pairing_images (P', 3).
+    """
+    new_index = np.cumsum(keep) - 1
+    paired = keep[pairing_points]
+    return new_index[pairing_points[paired]].astype(np.int64), pairing_images[paired]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Images.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Crop box (in original image pixels) resized to the output size, then an optional horizontal flip.
+
+    ``fell_back`` is True when no random crop kept enough pairs and the whole image is used instead.
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool = False
+    fell_back: bool = False
+
+
+def full_image_transform(image_hw: Sequence[int], flip: bool = False, fell_back: bool = False) -> ImageTransform:
+    """Resize of the whole image (validation mode: no randomness)."""
+    return ImageTransform(0, 0, int(image_hw[0]), int(image_hw[1]), flip, fell_back)
+
+
+def random_crop_box(image_hw: Sequence[int], rng: np.random.Generator, min_area: float,
+                    aspect_range: Sequence[float], attempts: int = 10) -> tuple[int, int, int, int]:
+    """A random box covering [min_area, 1] of the image with width/height in ``aspect_range`` (log-uniform).
+
+    Draws like the common random-resized-crop recipe: up to ``attempts`` draws of area and aspect ratio, then
+    a centred box with the ratio clamped to the range. Returns (top, left, height, width).
+    """
+    height, width = int(image_hw[0]), int(image_hw[1])
+    area = height * width
+    log_low, log_high = math.log(aspect_range[0]), math.log(aspect_range[1])
+    for _ in range(attempts):
+        target = area * rng.uniform(min_area, 1.0)
+        ratio = math.exp(rng.uniform(log_low, log_high))
+        box_w = round(math.sqrt(target * ratio))
+        box_h = round(math.sqrt(target / ratio))
+        if 0 < box_w <= width and 0 < box_h <= height:
+            top = int(rng.integers(0, height - box_h + 1))
+            left = int(rng.integers(0, width - box_w + 1))
+            return top, left, box_h, box_w
+    ratio = width / height
+    if ratio < aspect_range[0]:
+        box_w, box_h = width, round(width / aspect_range[0])
+    elif ratio > aspect_range[1]:
+        box_h, box_w = height, round(height * aspect_range[1])
+    else:
+        box_w, box_h = width, height
+    return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
+
+
+def choose_image_transform(image_hw: Sequence[int], pixel_rc: np.ndarray, rng: np.random.Generator,
+                           cfg: AugmentConfig) -> ImageTransform:
+    """Draw a flip and a random resized crop that keeps enough of this image's pairs.
+
+    A crop is accepted when it keeps at least ``cfg.min_pairs`` pairs or at least ``cfg.min_pair_fraction`` of
+    them (an image without pairs never satisfies this). After ``cfg.max_tries`` rejected crops the whole image
+    is resized instead and the transform says ``fell_back``.
+
+    Parameters
+    ----------
+    image_hw : (height, width) of the image.
+    pixel_rc : (P, 2) row, column of this image's pairs.
+    """
+    flip = bool(rng.random() < cfg.image_hflip_prob)
+    total = len(pixel_rc)
+    for _ in range(cfg.max_tries):
+        top, left, height, width = random_crop_box(image_hw, rng, cfg.crop_min_area, cfg.crop_aspect_range)
+        candidate = ImageTransform(top, left, height, width, flip)
+        kept = int(np.count_nonzero(_inside_box(pixel_rc, candidate)))
+        if kept >= cfg.min_pairs or (total > 0 and kept >= cfg.min_pair_fraction * total):
+            return candidate
+    return full_image_transform(image_hw, flip, fell_back=True)
+
+
+def transform_pixels(pixel_rc: np.ndarray, transform: ImageTransform, out_hw: Sequence[int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel lands in the transformed image.
+
+    Parameters
+    ----------
+    pixel_rc : (P, 2) int row, column in the original image.
+
+    Returns
+    -------
+    inside : (P,) bool, pixels inside the crop box.
+    new_rc : (P', 2) int64 row, column in the output image of the pixels inside.
+    """
+    inside = _inside_box(pixel_rc, transform)
+    rc = np.asarray(pixel_rc, np.int64)[inside]
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    rows = ((2 * (rc[:, 0] - transform.top) + 1) * out_h) // (2 * transform.height)
+    cols = ((2 * (rc[:, 1] - transform.left) + 1) * out_w) // (2 * transform.width)
+    if transform.flip:
+        cols = out_w - 1 - cols
+    return inside, np.stack([rows, cols], axis=1)
+
+
+def source_indices(transform: ImageTransform, out_hw: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour source row (H_out,) and column (W_out,) of every output row and column."""
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    rows = transform.top + ((2 * np.arange(out_h) + 1) * transform.height) // (2 * out_h)
+    cols = transform.left + ((2 * np.arange(out_w) + 1) * transform.width) // (2 * out_w)
+    if transform.flip:
+        cols = cols[::-1]
+    return rows, cols
+
+
+def transform_labels(labels: np.ndarray, transform: ImageTransform, out_hw: Sequence[int]) -> np.ndarray:
+    """Label map (H, W) (e.g. superpixels) resampled by nearest neighbour to (H_out, W_out), same dtype."""
+    rows, cols = source_indices(transform, out_hw)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def transform_image(image, transform: ImageTransform, out_hw: Sequence[int],
+                    reduction: float = 1.0) -> np.ndarray:
+    """Crop, resize (bilinear, antialiased) and flip an RGB image; uint8 in, uint8 out.
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 array or RGB PIL image: the original image, or the original decoded at
+        1/``reduction`` of its size (a JPEG decoded with DCT scaling, ``PIL.Image.draft``).
+    transform : box in original image pixels, flip.
+    out_hw : (height, width) of the output.
+    reduction : how many original pixels one pixel of ``image`` spans.
+
+    Returns
+    -------
+    (H_out, W_out, 3) uint8.
+    """
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    box = (transform.left / reduction, transform.top / reduction,
+           (transform.left + transform.width) / reduction, (transform.top + transform.height) / reduction)
+    out = image.resize((int(out_hw[1]), int(out_hw[0])), Image.Resampling.BILINEAR, box=box)
+    if transform.flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out)
+
+
+def draft_size(transform: ImageTransform, image_hw: Sequence[int], out_hw: Sequence[int]) -> tuple[int, int]:
+    """The smallest (width, height) a JPEG may be decoded at so that the crop box keeps the output resolution."""
+    scale = max(out_hw[0] / transform.height, out_hw[1] / transform.width)
+    return math.ceil(image_hw[1] * scale), math.ceil(image_hw[0] * scale)
+
+
+def normalize_images(images: np.ndarray) -> np.ndarray:
+    """(K, H, W, 3) uint8 -> (K, 3, H, W) float32 normalised with the ImageNet mean and standard deviation."""
+    scale = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
+    out = images.astype(np.float32) * scale - IMAGENET_MEAN / IMAGENET_STD
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A whole sample.
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedAugmentation:
+    """What :func:`augment_pairs` decided for one sample."""
+
+    keep_points: np.ndarray  # (N,) bool
+    xyz: np.ndarray  # (N', 3) float32 transformed coordinates of the kept points
+    pairing_points: np.ndarray  # (P',) into the kept points
+    pairing_images: np.ndarray  # (P', 3) camera, row, column in the output images
+    image_transforms: list[ImageTransform]
+    cuboid_fell_back: bool
+    crops_fell_back: int
+
+
+def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: np.ndarray,
+                  image_hws: Sequence[Sequence[int]], out_hw: Sequence[int], cfg: AugmentConfig,
+                  rng: Optional[np.random.Generator]) -> PairedAugmentation:
+    """Draw and apply all point augmentations, and draw every camera's image transform, updating pairings.
+
+    With ``cfg.enabled`` False (or ``rng`` None) nothing is random: points are unchanged and every image is
+    resized whole (validation mode).
+
+    Parameters
+    ----------
+    xyz : (N, 3) point coordinates.
+    pairing_points : (P,) int64 into the points.
+    pairing_images : (P, 3) int64 camera k, row, column in the original images.
+    image_hws : (height, width) of each camera's original image (K entries).
+    out_hw : (height, width) of the output images.
+    cfg : the augmentation settings.
+    rng : the random generator (None: validation mode).
+
+    Returns
+    -------
+    :class:`PairedAugmentation`; images and superpixel maps are transformed afterwards with
+    :func:`transform_image` / :func:`transform_labels` and its ``image_transforms``.
+    """
+    xyz = np.asarray(xyz, np.float32)
+    pairing_points = np.asarray(pairing_points, np.int64)
+    pairing_images = np.asarray(pairing_images, np.int64)
+    train = cfg.enabled and rng is not None
+    keep = np.ones(len(xyz), bool)
+    cuboid_fell_back = False
+    if train:
+        xyz = rotate_flip_points(xyz, rng, cfg.rotate_z, cfg.flip_prob)
+        if cfg.drop_cuboid:
+            keep, cuboid_fell_back = draw_cuboid_drop(xyz, pairing_points, rng, cfg.cuboid_max_fraction,
+                                                      cfg.min_pairs, cfg.max_tries)
+            pairing_points, pairing_images = select_points(keep, pairing_points, pairing_images)
+            xyz = xyz[keep]
+    transforms = []
+    kept_pairs = np.zeros(len(pairing_points), bool)
+    new_pixels = np.zeros((len(pairing_points), 2), np.int64)
+    for camera, image_hw in enumerate(image_hws):
+        in_camera = np.flatnonzero(pairing_images[:, 0] == camera)
+        pixel_rc = pairing_images[in_camera, 1:]
+        if train:
+            transform = choose_image_transform(image_hw, pixel_rc, rng, cfg)
+        else:
+            transform = full_image_transform(image_hw)
+        transforms.append(transform)
+        inside, rc = transform_pixels(pixel_rc, transform, out_hw)
+        kept_pairs[in_camera[inside]] = True
+        new_pixels[in_camera[inside]] = rc
+    pairing_images = np.concatenate([pairing_images[kept_pairs, :1], new_pixels[kept_pairs]], axis=1)
+    return PairedAugmentation(
+        keep_points=keep,
+        xyz=xyz,
+        pairing_points=pairing_points[kept_pairs],
+        pairing_images=pairing_images,
+        image_transforms=transforms,
+        cuboid_fell_back=cuboid_fell_back,
+        crops_fell_back=sum(transform.fell_back for transform in transforms),
+    )
+
+
+def _inside_box(pixel_rc: np.ndarray, transform: ImageTransform) -> np.ndarray:
+    rows, cols = pixel_rc[:, 0], pixel_rc[:, 1]
+    return ((rows >= transform.top) & (rows < transform.top + transform.height)
+            & (cols >= transform.left) & (cols < transform.left + transform.width))

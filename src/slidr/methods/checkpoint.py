@@ -1,0 +1,238 @@
+"""Checkpoints: atomic epoch checkpoints for resuming, the exported pretrained file, and loading a backbone.
+
+Training checkpoints (``DIR/checkpoints/epoch=NNNN.ckpt``) are Lightning checkpoints: weights, optimizer,
+scheduler, loop counters (epoch, step) and callback state. Every write goes to a temporary file that is then
+renamed, so a run killed while writing never leaves a truncated checkpoint that looks complete. Because the
+data order depends only on (seed, epoch) (see :class:`slidr.methods.pretrain.EpochSampler`), resuming from the
+checkpoint of epoch ``e`` replays epochs ``e+1...`` exactly; a run killed mid-epoch loses at most that epoch.
+
+The exported file (``DIR/pretrained.pt``) is a plain ``torch.save`` of a dict: ``model_points`` (3D network
+state dict), ``model_images_head`` (image head state dict, empty for methods without one), ``config`` (the
+resolved config as a dict), ``method`` and ``slidr_version``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
+
+from slidr import __version__
+from slidr.config import VoxelConfig, to_dict
+from slidr.errors import SlidrError
+from slidr.utils.io import atomic_path
+
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_NAME = "pretrained.pt"
+_EPOCH_FILE = re.compile(r"^epoch=(\d+)\.ckpt$")
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj)`` to a temporary file beside ``path``, then rename it onto ``path``."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint writer that writes a temporary file and renames it (never a partial checkpoint)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        save_atomic(checkpoint, path)
+
+
+def epoch_checkpoints(directory: str | Path) -> list[Path]:
+    """The epoch checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), path) for path in directory.iterdir() if (m := _EPOCH_FILE.match(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Optional[Path]:
+    """The newest epoch checkpoint in ``directory``, or None."""
+    found = epoch_checkpoints(directory)
+    return found[-1] if found else None
+
+
+class EpochCheckpoint(Checkpoint):
+    """Write ``epoch=NNNN.ckpt`` at the end of every training epoch; keep the last and ``keep`` others.
+
+    Runs after the LightningModule's ``on_train_epoch_end`` (Lightning orders :class:`Checkpoint` callbacks
+    last), so the epoch's loss history is in the file. Every process calls it (the strategy writes on rank 0).
+
+    Parameters
+    ----------
+    directory : path
+        Folder of the checkpoints.
+    keep : int
+        Number of older checkpoints kept besides the newest one.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 1) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.last_path: Optional[Path] = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if getattr(pl_module, "stopped_on_bad_loss", False):
+            return
+        path = self.directory / f"epoch={trainer.current_epoch:04d}.ckpt"
+        trainer.save_checkpoint(path)
+        self.last_path = path
+        if trainer.is_global_zero:
+            for old in epoch_checkpoints(self.directory)[: -(self.keep + 1)]:
+                old.unlink(missing_ok=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_path": str(self.last_path) if self.last_path else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        last = state_dict.get("last_path")
+        self.last_path = Path(last) if last else None
+
+
+def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_images_head: Optional[torch.nn.Module],
+                      config: Any, method: str) -> Path:
+    """Write the exported pretrained file (atomically) and return its path.
+
+    Parameters
+    ----------
+    path : path
+        Destination, conventionally ``DIR/pretrained.pt``.
+    model_points : nn.Module
+        The 3D network; its state dict is stored on CPU.
+    model_images_head : nn.Module or None
+        The trainable image head (SLidR / PPKT), None for methods without one.
+    config : dataclass or dict
+        The resolved configuration.
+    method : str
+        The pretraining method.
+    """
+    payload = {
+        "model_points": _cpu_state(model_points),
+        "model_images_head": _cpu_state(model_images_head) if model_images_head is not None else {},
+        "config": config if isinstance(config, dict) else to_dict(config),
+        "method": method,
+        "slidr_version": __version__,
+    }
+    save_atomic(payload, path)
+    return Path(path)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
+
+
+def load_backbone(path: str | Path, model: torch.nn.Module, voxel_cfg: Optional[VoxelConfig] = None,
+                  head_prefix: str = "final.") -> dict[str, Any]:
+    """Load pretrained 3D weights into ``model``, strictly.
+
+    Accepts the exported file of ``slidr pretrain`` or a plain state dict whose keys may carry ``module.``
+    and/or ``model_points.`` prefixes (the authors' release and DDP wrappers). Keys of the other networks
+    of a raw release checkpoint (``model_images.*``) are ignored when ``model_points.`` keys are present.
+
+    Parameters
+    ----------
+    path : path
+        The file to load.
+    model : nn.Module
+        The 3D network built from the same backbone settings.
+    voxel_cfg : VoxelConfig, optional
+        Voxelization of the run that will use the model; compared with the pretraining config when the file
+        holds one (a network pretrained on other voxels sees other geometry).
+    head_prefix : str
+        Keys of the last point-wise layer: loaded when their shapes match, otherwise left as initialised
+        (downstream training replaces that layer). All other keys must match by name and shape.
+
+    Returns
+    -------
+    dict
+        ``loaded`` (keys loaded), ``skipped`` (head keys left as initialised), ``config`` (the pretraining
+        config dict or None), ``method`` (or None).
+
+    Raises
+    ------
+    SlidrError
+        The file is missing or unreadable, keys are missing/unexpected/of another shape (named), or the
+        voxel settings differ.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlidrError(f"pretrained file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: say which
+        raise SlidrError(f"cannot read pretrained file {path}: {error}") from None
+    if not isinstance(payload, Mapping):
+        raise SlidrError(f"pretrained file {path} does not hold a dict (got {type(payload).__name__})")
+    config = payload.get("config") if isinstance(payload.get("config"), Mapping) else None
+    if isinstance(payload.get("model_points"), Mapping):  # exported file or the authors' release
+        state = _strip_prefixes(payload["model_points"])
+    elif isinstance(payload.get("state_dict"), Mapping):  # a Lightning training checkpoint
+        state = _strip_prefixes(payload["state_dict"])
+    else:
+        state = _strip_prefixes(payload)
+    if config is not None and voxel_cfg is not None:
+        _check_voxels(path, config, voxel_cfg)
+
+    target = model.state_dict()
+    missing = [key for key in target if key not in state]
+    unexpected = [key for key in state if key not in target]
+    wrong_shape = [f"{key} {tuple(state[key].shape)} vs {tuple(target[key].shape)}" for key in target
+                   if key in state and not key.startswith(head_prefix) and state[key].shape != target[key].shape]
+    missing = [key for key in missing if not key.startswith(head_prefix)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatch (file vs model): {_listing(wrong_shape)}")
+    if problems:
+        raise SlidrError(f"pretrained file {path} does not fit the model: " + "; ".join(problems))
+
+    skipped = [key for key in target if key.startswith(head_prefix)
+               and (key not in state or state[key].shape != target[key].shape)]
+    to_load = {key: value for key, value in state.items() if key not in skipped}
+    model.load_state_dict(to_load, strict=False)
+    return {"loaded": sorted(to_load), "skipped": skipped, "config": config, "method": payload.get("method")}
+
+
+def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove ``module.`` / ``model_points.`` prefixes; keep only 3D keys when the dict holds several networks."""
+    tensors = {_remove_module(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise SlidrError("pretrained state dict holds no tensors")
+    if not any(key.startswith("model_points.") for key in tensors):
+        return tensors
+    # several networks (e.g. model_images.*, a Lightning checkpoint): keep the 3D one
+    return {_remove_module(key[len("model_points."):]): value for key, value in tensors.items()
+            if key.startswith("model_points.")}
+
+
+def _remove_module(key: str) -> str:
+    while key.startswith("module."):
+        key = key[len("module."):]
+    return key
+
+
+def _check_voxels(path: Path, config: Mapping[str, Any], voxel_cfg: VoxelConfig) -> None:
+    saved = (config.get("data") or {}).get("voxel")
+    if not saved:
+        return
+    wanted = to_dict(voxel_cfg)
+    differing = [f"{key}: pretrained {saved.get(key)!r} vs now {value!r}" for key, value in wanted.items()
+                 if saved.get(key) != value]
+    if differing:
+        raise SlidrError(f"pretrained file {path} was trained with other voxel settings (data.voxel): "
+                         + "; ".join(differing))
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")

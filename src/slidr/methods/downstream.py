@@ -1,0 +1,505 @@
+"""Downstream semantic segmentation: linear probing and fine-tuning of a (pretrained) 3D backbone.
+
+Linear probing (paper D.1): the pretrained 3D network is frozen, batch-norm statistics included (it stays in
+eval mode), and only the point-wise classifier, the backbone's ``final`` layer rebuilt with one output per
+evaluation class, is trained (50 epochs, lr 0.05). Because the frozen network is a fixed function of the voxels,
+when augmentation is off the features of every training scan are computed once and the classifier is trained on
+them (``cache_features``): the same optimisation, without re-running the 3D network every epoch.
+
+Fine-tuning: the whole network, with the classifier's learning rate (``optim.lr_head``, 2.0 in the authors'
+nuScenes config) apart from the backbone's (``optim.lr``, 0.02); a randomly initialised network uses one learning
+rate for everything (``lr_random_init``, the authors' 0.05). Loss: cross-entropy + Lovasz-softmax (``lovasz``).
+SGD with momentum 0.9, dampening 0.1, weight decay 1e-4 and a cosine schedule over the epochs.
+
+The classifier has C outputs for the C evaluation classes (no "ignore" output): voxel label ``l`` in ``1..C`` is
+target ``l - 1`` and ignored voxels (label 0) are left out of both losses. Evaluation counts every original point
+(voxel predictions mapped back through the inverse map), see :mod:`slidr.methods.metrics`.
+
+Training runs on Lightning (CPU, one or several GPUs), with the atomic epoch checkpoints and the resume logic of
+pretraining (:mod:`slidr.methods.checkpoint`). The run folder ends with ``model.pt`` (the trained network, loadable
+with :func:`slidr.methods.checkpoint.load_backbone`), ``evaluation.json`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from slidr.config import DownstreamConfig, save_config, to_dict
+from slidr.data.classes import class_names
+from slidr.errors import SlidrError
+from slidr.methods.checkpoint import (
+    CHECKPOINT_DIR,
+    AtomicCheckpointIO,
+    EpochCheckpoint,
+    export_pretrained,
+    latest_checkpoint,
+    load_backbone,
+)
+from slidr.methods.lovasz import lovasz_softmax
+from slidr.methods.pretrain import CosineSchedule, EpochSampler, SeededDataset
+from slidr.methods.metrics import confusion_matrix, point_predictions, summarize
+from slidr.utils.io import write_json
+from slidr.utils.log import logger
+from slidr.utils.progress import progress
+
+MODEL_NAME = "model.pt"
+IGNORE_TARGET = -1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: Optional[str] = None,
+                             reset_head: bool = True) -> tuple[nn.Module, dict]:
+    """The 3D backbone with a ``final`` layer of ``num_classes`` outputs, loaded from ``weights`` if given.
+
+    Parameters
+    ----------
+    cfg : DownstreamConfig
+        ``backbone`` (``out_channels`` is replaced by ``num_classes``, output normalisation turned off) and
+        ``data.voxel`` (checked against the pretraining's).
+    num_classes : int
+    weights : str, optional
+        Exported pretraining file, a downstream ``model.pt``, or a plain state dict (``module.`` /
+        ``model_points.`` prefixes stripped). None: random initialisation.
+    reset_head : bool
+        Re-initialise ``final`` after loading (start of training); False keeps a loaded classifier (evaluation).
+
+    Returns
+    -------
+    model, info
+        ``info`` is :func:`load_backbone`'s answer (or ``{"method": None}`` for random init).
+    """
+    from slidr.models.unet import build_backbone
+
+    backbone_cfg = dataclasses.replace(cfg.backbone, out_channels=num_classes, normalize_output=False)
+    model = build_backbone(backbone_cfg)
+    info: dict[str, Any] = {"method": None, "loaded": [], "skipped": []}
+    if weights is not None:
+        info = load_backbone(weights, model, cfg.data.voxel)
+        if not reset_head and info["skipped"]:
+            raise SlidrError(f"{weights} holds no classifier for {num_classes} classes "
+                             f"(keys {', '.join(info['skipped'][:4])} do not fit); is it a downstream model.pt?")
+    if reset_head:
+        _reset_parameters(model.final)
+    return model, info
+
+
+def _reset_parameters(module: nn.Module) -> None:
+    for child in module.modules():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Lightning module
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DownstreamModule(L.LightningModule):
+    """Trains a segmentation network on voxel batches or on cached features (frozen backbone).
+
+    Parameters
+    ----------
+    model : nn.Module
+        ``model(SparseTensor) -> (V, C)``; ``model.final`` maps ``forward_features`` (V, F) to (V, C).
+    cfg : DownstreamConfig
+    num_classes : int
+    random_init : bool
+        True when no pretrained weights were loaded: one learning rate (``cfg.lr_random_init``) for all.
+    train_set : Dataset
+        Training samples (downstream samples, or :class:`CachedFeatures`).
+    collate : callable
+        Batches ``train_set`` samples.
+    """
+
+    def __init__(self, model: nn.Module, cfg: DownstreamConfig, num_classes: int, random_init: bool,
+                 train_set: Dataset, collate: Callable[[list], dict]) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.random_init = random_init
+        self.train_set = train_set
+        self.collate = collate
+        self.frozen = cfg.mode == "probe"
+        if self.frozen:
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad_(name.startswith("final."))
+        self.epoch_losses: list[float] = []
+        self._running: list[float] = []
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.frozen:
+            # frozen means frozen: batch-norm running statistics must not move either (Lightning switches
+            # every submodule back to train mode at the start of fitting, so this is set before every step)
+            self.model.eval()
+
+    def train_dataloader(self) -> DataLoader:
+        # the data order and augmentations are functions of (seed, epoch): resumed runs replay them exactly
+        trainer = self.trainer
+        sampler = EpochSampler(len(self.train_set), self.cfg.trainer.seed, trainer.global_rank, trainer.world_size)
+        workers = self.cfg.data.num_workers if not isinstance(self.train_set, CachedFeatures) else 0
+        return DataLoader(SeededDataset(self.train_set), batch_size=self.cfg.trainer.batch_size, sampler=sampler,
+                          collate_fn=self.collate, num_workers=workers, persistent_workers=workers > 0)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Voxel class scores (V, C) of a voxel batch, or of a batch of cached ``features``."""
+        if "features" in batch:
+            return self.model.final(batch["features"])
+        return self.model(sparse_input(batch))
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = segmentation_loss(logits, batch["voxel_labels"], self.cfg.lovasz)
+        self._running.append(float(loss.detach()))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(batch["batch_size"]))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._running:
+            self.epoch_losses.append(float(np.mean(self._running)))
+        self._running = []
+
+    def configure_optimizers(self):
+        optim = self.cfg.optim
+        head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("final.")]
+        body = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("final.")]
+        if self.random_init and self.cfg.mode == "finetune":
+            groups = [{"params": head + body, "lr": self.cfg.lr_random_init}]
+        else:
+            groups = [{"params": head, "lr": optim.lr_head if optim.lr_head is not None else optim.lr}]
+            if body:
+                groups.append({"params": body, "lr": optim.lr})
+        if optim.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, dampening=optim.dampening,
+                                        weight_decay=optim.weight_decay)
+        else:
+            factory = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
+            optimizer = factory(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+        # the authors' epoch-wise cosine (per step when the run is bounded by max_steps)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        constant = optim.scheduler == "constant"
+        if self.trainer.max_steps is not None and self.trainer.max_steps > 0:
+            schedule = CosineSchedule(total_steps, 0, optim.min_lr / optim.lr, constant)
+        else:
+            epochs = self.trainer.max_epochs
+            schedule = CosineSchedule(epochs, max(1, total_steps // epochs), optim.min_lr / optim.lr, constant)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["slidr_epoch_losses"] = list(self.epoch_losses)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.epoch_losses = list(checkpoint.get("slidr_epoch_losses", []))
+
+
+def sparse_input(batch: dict):
+    """The batch's voxels as a :class:`slidr.models.sparse.SparseTensor`."""
+    from slidr.models.sparse import SparseTensor
+
+    return SparseTensor(batch["voxel_coords"], batch["voxel_feats"])
+
+
+def segmentation_loss(logits: torch.Tensor, voxel_labels: torch.Tensor, lovasz: bool) -> torch.Tensor:
+    """Cross-entropy (+ Lovasz-softmax) over the labelled voxels.
+
+    Parameters
+    ----------
+    logits : (V, C) class scores.
+    voxel_labels : (V,) evaluation indices, 0 = ignore.
+    lovasz : add the Lovasz-softmax loss.
+
+    Returns
+    -------
+    scalar tensor (0 with a graph when no voxel is labelled)
+    """
+    targets = voxel_labels.long() - 1  # ignore (0) becomes IGNORE_TARGET
+    if not (targets != IGNORE_TARGET).any():
+        return logits.sum() * 0.0
+    loss = nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_TARGET)
+    if lovasz:
+        loss = loss + lovasz_softmax(torch.softmax(logits, dim=1), targets, ignore_index=IGNORE_TARGET)
+    return loss
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Feature cache (linear probing)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class CachedFeatures(Dataset):
+    """``forward_features`` of a frozen backbone and the voxel labels of every scan of a dataset.
+
+    Parameters
+    ----------
+    model : nn.Module in eval mode.
+    loader : iterable of downstream batches (any batch size).
+    device : where to run the backbone; features are kept on CPU.
+    """
+
+    def __init__(self, model: nn.Module, loader: Iterable[dict], device: torch.device, desc: str = "features") -> None:
+        self.features: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        model.eval()
+        with torch.no_grad():
+            for batch in progress(loader, total=_length(loader), desc=desc, unit="batch"):
+                batch = _to_device(batch, device)
+                features = model.forward_features(sparse_input(batch)).float().cpu()
+                voxel_batch = batch["voxel_coords"][:, 0].cpu()
+                labels = batch["voxel_labels"].cpu()
+                for b in range(int(batch["batch_size"])):
+                    keep = voxel_batch == b
+                    self.features.append(features[keep])
+                    self.labels.append(labels[keep])
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"features": self.features[index], "voxel_labels": self.labels[index]}
+
+
+def collate_features(samples: list[dict]) -> dict:
+    """Concatenate cached scans into one batch."""
+    return {"features": torch.cat([s["features"] for s in samples]),
+            "voxel_labels": torch.cat([s["voxel_labels"] for s in samples]), "batch_size": len(samples)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_model(model: nn.Module, loader: Iterable[dict], num_classes: int, device: torch.device,
+                   desc: str = "evaluate") -> torch.Tensor:
+    """Confusion matrix (C, C) over every original point of the batches of ``loader``.
+
+    Voxel predictions are mapped back to the points through the batch's ``inverse_map``; points labelled 0 are
+    not counted.
+    """
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    with torch.no_grad():
+        for batch in progress(loader, total=_length(loader), desc=desc, unit="batch"):
+            batch = _to_device(batch, device)
+            logits = model(sparse_input(batch))
+            predictions = point_predictions(logits, batch["inverse_map"])
+            confusion += confusion_matrix(predictions, batch["labels"], num_classes)
+    return confusion.cpu()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_dataset(cfg: DownstreamConfig, split: str, train: bool) -> tuple[Dataset, Callable[[list], dict]]:
+    """Downstream samples of ``split`` and their collate function (label fraction on training splits only).
+
+    Raises
+    ------
+    DataError
+        The split does not exist or has no samples, a sample has no label file.
+    """
+    from slidr.data.datasets import DownstreamDataset, collate_downstream
+
+    return DownstreamDataset(cfg.data.index, split, cfg.data, train=train), collate_downstream
+
+
+def ordered_loader(dataset: Dataset, collate: Callable[[list], dict], batch_size: int, workers: int = 0) -> DataLoader:
+    """Batches of ``dataset`` in order (evaluation, feature caching)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
+
+
+def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
+                   dataset_factory: Callable[..., tuple[Dataset, Callable]] = make_dataset,
+                   enable_progress_bar: bool = True) -> dict:
+    """Train (probe or fine-tune), evaluate on ``data.val_split`` and write the run folder.
+
+    Parameters
+    ----------
+    cfg : DownstreamConfig
+    out : run folder (``config.yaml``, ``checkpoints/``, ``logs/``, ``model.pt``, ``evaluation.json``,
+        ``summary.json``).
+    resume : continue from the newest checkpoint in ``out/checkpoints``.
+    dataset_factory : ``(cfg, split, train) -> (dataset, collate)`` (tests inject their own).
+    enable_progress_bar : show Lightning's progress bar.
+
+    Returns
+    -------
+    dict
+        The summary (also written to ``summary.json``; empty on processes other than rank 0), with the
+        evaluation under ``evaluation``.
+
+    Raises
+    ------
+    SlidrError
+        ``out`` already holds checkpoints and ``resume`` is False; a split is empty; the weights do not fit.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    checkpoint_dir = out / CHECKPOINT_DIR
+    resume_from = latest_checkpoint(checkpoint_dir)
+    if resume_from is not None and not resume:
+        raise SlidrError(f"{out} already holds checkpoints ({resume_from.name}); pass --resume to continue "
+                         "or choose another --out")
+    if resume and resume_from is None:
+        logger.warning("warning: --resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+
+    names = class_names(cfg.data.dataset)
+    num_classes = len(names)
+    model, info = build_segmentation_model(cfg, num_classes, cfg.pretrained)
+    random_init = cfg.pretrained is None
+    logger.info("%s on %s: %s, %d classes, backbone %s", cfg.mode, cfg.data.dataset,
+                f"pretrained {cfg.pretrained} ({info.get('method')})" if cfg.pretrained else "random init",
+                num_classes, cfg.backbone.name)
+    device = _device(cfg)
+    batch_size = cfg.trainer.batch_size
+
+    val_set, val_collate = dataset_factory(cfg, cfg.data.val_split, False)
+    use_cache = cfg.mode == "probe" and cfg.cache_features and not cfg.data.augment.enabled
+    if use_cache:
+        plain_set, collate = dataset_factory(cfg, cfg.data.train_split, False)
+        train_set: Dataset = CachedFeatures(model.to(device), ordered_loader(plain_set, collate, batch_size),
+                                            device, desc="frozen features")
+        collate = collate_features
+    else:
+        train_set, collate = dataset_factory(cfg, cfg.data.train_split, True)
+
+    module = DownstreamModule(model, cfg, num_classes, random_init, train_set, collate)
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.epochs,
+        max_steps=cfg.trainer.max_steps,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        callbacks=[EpochCheckpoint(checkpoint_dir, keep=cfg.trainer.keep_checkpoints)],
+        plugins=[AtomicCheckpointIO()],
+        logger=CSVLogger(out, name="logs", version=""),
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        use_distributed_sampler=False,
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    train_start = time.perf_counter()
+    trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from else None)
+    train_s = time.perf_counter() - train_start
+    if not trainer.is_global_zero:
+        return {}
+
+    export_pretrained(out / MODEL_NAME, model, None, cfg, method=cfg.mode)
+    model = model.to(device)
+    confusion = evaluate_model(model, ordered_loader(val_set, val_collate, batch_size), num_classes, device,
+                               desc=f"evaluate {cfg.data.val_split}")
+    evaluation = summarize(confusion, names)
+    evaluation.update(dataset=cfg.data.dataset, split=cfg.data.val_split, model=str(out / MODEL_NAME))
+    write_json(out / "evaluation.json", evaluation)
+    summary = {
+        "mode": cfg.mode,
+        "pretrained": cfg.pretrained,
+        "pretraining_method": info.get("method"),
+        "dataset": cfg.data.dataset,
+        "label_fraction": cfg.data.label_fraction,
+        "train_scans": len(train_set),
+        "val_scans": len(val_set),
+        "epochs": cfg.trainer.epochs,
+        "epoch_losses": module.epoch_losses,
+        "cached_features": use_cache,
+        "train_s": round(train_s, 2),
+        "wall_s": round(time.perf_counter() - start, 2),
+        "miou": evaluation["miou"],
+        "model": str(out / MODEL_NAME),
+        "evaluation": evaluation,
+        "config": to_dict(cfg),
+    }
+    write_json(out / "summary.json", summary)
+    logger.info("%s: mIoU %s on %s (%d points); results in %s", cfg.mode, _fmt(evaluation["miou"]),
+                cfg.data.val_split, evaluation["num_points"], out)
+    return summary
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _device(cfg: DownstreamConfig) -> torch.device:
+    if cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+            for key, value in batch.items()}
+
+
+def _length(loader: Any) -> Optional[int]:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_downstream_config(path: Optional[str], overrides: list[str], mode: str,
+                           pretrained: Optional[str] = None) -> DownstreamConfig:
+    """The config of ``slidr probe`` / ``slidr finetune``: YAML file, dotted overrides, then the command's mode.
+
+    ``--pretrained`` wins over ``pretrained`` in the file; ``pretrained=null`` (or ``--pretrained none``) means
+    random initialisation.
+    """
+    from slidr.config import load_config
+
+    cfg = load_config(DownstreamConfig, path, overrides)
+    cfg.mode = mode  # type: ignore[assignment]
+    if pretrained is not None:
+        cfg.pretrained = None if pretrained.lower() in ("none", "null", "random") else pretrained
+    return cfg
+
+
+def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: str,
+                         dataset_factory: Callable[..., tuple[Dataset, Callable]] = make_dataset) -> dict:
+    """Evaluate a trained segmentation network (``model.pt``) on ``split``; returns :func:`summarize`'s dict.
+
+    Raises
+    ------
+    SlidrError
+        The file is not a downstream model for this dataset's classes, or the split is empty.
+    """
+    names = class_names(cfg.data.dataset)
+    model, _ = build_segmentation_model(cfg, len(names), str(model_path), reset_head=False)
+    device = _device(cfg)
+    dataset, collate = dataset_factory(cfg, split, False)
+    confusion = evaluate_model(model.to(device), ordered_loader(dataset, collate, cfg.trainer.batch_size),
+                               len(names), device, desc=f"evaluate {split}")
+    evaluation = summarize(confusion, names)
+    evaluation.update(dataset=cfg.data.dataset, split=split, model=str(model_path))
+    return evaluation

@@ -1,0 +1,113 @@
+"""PointContrast (baseline of SLidR's Table 1): PointInfoNCE between matched points of two registered scans.
+
+Pairs and matches come from :class:`slidr.data.scan_pairs.PointContrastPairs`. Per batch: both views through
+the 3D network, per-point features via ``inverse_map``, a random subset of ``loss.num_matches`` matches (4,096)
+over the whole batch, PointInfoNCE (temperature ``loss.temperature``). The paper's schedule: SGD with lr 1 and
+cosine annealing over iterations, batch 8 pairs, and as many iterations as it takes to see the same number of
+point clouds as SLidR in ``pairs.equivalent_epochs`` (50) epochs (a pair holds two clouds).
+
+With ``loss.gather_negatives`` under DDP the negatives of each process are the matches of every process;
+otherwise (the release) each process contrasts its own matches only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from slidr.config import PretrainConfig
+from slidr.errors import SlidrError
+from slidr.methods import losses
+from slidr.methods.pretrain import PretrainModule, _to_sparse, gather_with_grad
+
+
+def gathered_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE whose negatives are the positives of every DDP process (local gradients only).
+
+    Parameters
+    ----------
+    anchors, positives : (N, C) row-aligned local embeddings.
+    temperature : float
+
+    Returns
+    -------
+    Scalar loss; equal to :func:`slidr.methods.losses.info_nce` without DDP.
+    """
+    everyone, offset = gather_with_grad(positives)
+    logits = anchors @ everyone.transpose(0, 1) / temperature
+    target = torch.arange(anchors.shape[0], device=anchors.device) + offset
+    return F.cross_entropy(logits, target)
+
+
+def pointcontrast_steps(num_scans: int, batch_pairs: int, equivalent_epochs: int, world_size: int = 1) -> int:
+    """Iterations that show as many clouds as SLidR sees in ``equivalent_epochs`` epochs of ``num_scans``.
+
+    A step of ``batch_pairs`` pairs on each of ``world_size`` processes shows ``2 * batch_pairs * world_size``
+    clouds.
+    """
+    return max(1, math.ceil(equivalent_epochs * num_scans / (2 * batch_pairs * world_size)))
+
+
+class PointContrastModule(PretrainModule):
+    """PointContrast pretraining of ``model_points``.
+
+    Parameters
+    ----------
+    cfg : PretrainConfig
+        ``method: pointcontrast``.
+    model_points : nn.Module, optional
+        Default: ``build_backbone(cfg.backbone)``.
+    dataset, collate : optional
+        Default: :class:`PointContrastPairs` and :func:`collate_pairs`.
+    """
+
+    def __init__(self, cfg: PretrainConfig, model_points: Optional[torch.nn.Module] = None,
+                 dataset: Optional[Dataset] = None, collate: Optional[Callable] = None) -> None:
+        super().__init__(cfg, dataset, collate)
+        if model_points is None:
+            from slidr.models.unet import build_backbone
+
+            model_points = build_backbone(cfg.backbone)
+        self.model_points = model_points
+
+    def build_train_dataset(self) -> tuple[Dataset, Callable]:
+        from slidr.data.scan_pairs import PointContrastPairs, collate_pairs
+
+        return PointContrastPairs(self.cfg), collate_pairs
+
+    def planned_steps(self, world_size: int) -> Optional[int]:
+        """Steps showing as many clouds as SLidR in ``pairs.equivalent_epochs`` epochs of the training scans."""
+        if self.cfg.pairs.equivalent_epochs is None:
+            return None
+        if self.cfg.trainer.max_steps > 0:
+            raise SlidrError("pointcontrast: set either trainer.max_steps or pairs.equivalent_epochs, not both "
+                             "(pairs.equivalent_epochs=null to use trainer.max_steps)")
+        dataset, _ = self.train_dataset()
+        return pointcontrast_steps(len(dataset.samples), self.cfg.trainer.batch_size,
+                                   self.cfg.pairs.equivalent_epochs, world_size)
+
+    def point_features(self, view: dict) -> torch.Tensor:
+        """(N, C) features of every point of a batched view."""
+        voxel_features = self.model_points(_to_sparse(view["voxel_coords"], view["voxel_feats"]))
+        return voxel_features[view["inverse_map"]]
+
+    def compute_loss(self, batch: dict) -> tuple[Optional[torch.Tensor], dict[str, float]]:
+        matches = batch["matches"]
+        if matches.shape[0] == 0:
+            return None, {"matches": 0.0}
+        chosen = torch.randperm(matches.shape[0], device=matches.device)[: self.cfg.loss.num_matches]
+        matches = matches[chosen]
+        features_a = self.point_features(batch["a"])[matches[:, 0]]
+        features_b = self.point_features(batch["b"])[matches[:, 1]]
+        temperature = self.cfg.loss.temperature
+        with torch.autocast(device_type=features_a.device.type, enabled=False):
+            features_a, features_b = features_a.float(), features_b.float()
+            if self.cfg.loss.gather_negatives:
+                loss = gathered_info_nce(features_a, features_b, temperature)
+            else:
+                loss, _ = losses.point_infonce(features_a, features_b, temperature)
+        return loss, {"pairs": float(matches.shape[0])}

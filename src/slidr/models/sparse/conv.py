@@ -1,0 +1,214 @@
+"""Sparse convolution as gather -> matmul -> scatter per kernel offset, with a hand-written backward.
+
+The autograd function saves only the input features, the weight and the (cached) kernel map; the gathered
+rows are recomputed in backward instead of kept, which keeps the memory of a deep U-Net close to that of its
+activations.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from slidr.models.sparse.maps import KernelMap
+from slidr.models.sparse.tensor import SparseTensor
+
+
+class _Workspace(threading.local):
+    """Reusable scratch rows for the per-offset gathers on CPU (one set per thread).
+
+    A fresh multi-megabyte tensor on CPU costs page faults on first touch, which took more time than the gather
+    itself; one group's rows (a few MB) are reused across all layers instead and stay in cache for the matmul.
+    On other devices the caching allocator already reuses memory, so fresh tensors are used.
+    """
+
+    def __init__(self):
+        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+    def rows(self, slot: str, num_rows: int, num_cols: int, like: torch.Tensor) -> torch.Tensor:
+        if like.device.type != "cpu":
+            return like.new_empty((num_rows, num_cols))
+        key = (slot, like.dtype)
+        buffer = self.buffers.get(key)
+        size = num_rows * num_cols
+        if buffer is None or buffer.numel() < size:
+            buffer = like.new_empty(size)
+            self.buffers[key] = buffer
+        return buffer[:size].view(num_rows, num_cols)
+
+
+_workspace = _Workspace()
+
+
+def _groups(kernel_map: KernelMap):
+    """(kernel index, slice of the pair list) of each non-empty group."""
+    start = 0
+    for kernel, size in zip(kernel_map.group_kernels, kernel_map.group_sizes):
+        if size:
+            yield kernel, slice(start, start + size)
+        start += size
+
+
+def _gather(source: torch.Tensor, index: torch.Tensor, slot: str) -> torch.Tensor:
+    return torch.index_select(source, 0, index, out=_workspace.rows(slot, index.shape[0], source.shape[1], source))
+
+
+def _new_output(kernel_map: KernelMap, rows: int, base: torch.Tensor | None, like: torch.Tensor,
+                channels: int, is_permutation: bool) -> torch.Tensor:
+    if base is not None:
+        return base
+    if is_permutation:  # every row is written exactly once
+        return like.new_empty((rows, channels))
+    return like.new_zeros((rows, channels))
+
+
+def _accumulate(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor, is_permutation: bool) -> None:
+    if is_permutation:
+        out.index_copy_(0, index, values)
+    else:
+        out.index_add_(0, index, values)
+
+
+class SparseConvFunction(torch.autograd.Function):
+    """``out[o] = sum over pairs (i, o, k) of in[i] @ weight[k]`` for a :class:`KernelMap`; weight (K, Cin, Cout).
+
+    Each kernel offset's group is processed on its own (gather its rows, one matmul, scatter-add), so the scratch
+    rows stay small; only the inputs, the weight and the map are saved for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, feats: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMap) -> torch.Tensor:
+        ctx.kernel_map = kernel_map
+        ctx.save_for_backward(feats, weight)
+        base = None
+        if kernel_map.identity_kernel is not None:
+            base = feats @ weight[kernel_map.identity_kernel]
+        out = _new_output(kernel_map, kernel_map.num_out, base, feats, weight.shape[2],
+                          kernel_map.out_is_permutation)
+        for kernel, pairs in _groups(kernel_map):
+            rows = _gather(feats, kernel_map.in_index[pairs], "gather")
+            products = torch.mm(rows, weight[kernel], out=_workspace.rows("product", rows.shape[0],
+                                                                            weight.shape[2], feats))
+            _accumulate(out, kernel_map.out_index[pairs], products, kernel_map.out_is_permutation)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        feats, weight = ctx.saved_tensors
+        kernel_map: KernelMap = ctx.kernel_map
+        grad_out = grad_out.contiguous()
+        need_feats, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_feats = grad_weight = None
+        centre = kernel_map.identity_kernel
+        if need_weight:
+            grad_weight = torch.zeros_like(weight)
+            if centre is not None:
+                torch.mm(feats.t(), grad_out, out=grad_weight[centre])
+        if need_feats:
+            base = grad_out @ weight[centre].t() if centre is not None else None
+            grad_feats = _new_output(kernel_map, kernel_map.num_in, base, feats, feats.shape[1],
+                                     kernel_map.in_is_permutation)
+        for kernel, pairs in _groups(kernel_map):
+            in_index = kernel_map.in_index[pairs]
+            grad_rows = _gather(grad_out, kernel_map.out_index[pairs], "grad_rows")
+            if need_weight:
+                rows = _gather(feats, in_index, "gather")
+                # a kernel index occurs in one group only, so its gradient is written, not accumulated
+                torch.mm(rows.t(), grad_rows, out=grad_weight[kernel])
+            if need_feats:
+                products = torch.mm(grad_rows, weight[kernel].t(),
+                                    out=_workspace.rows("product", grad_rows.shape[0], feats.shape[1], feats))
+                _accumulate(grad_feats, in_index, products, kernel_map.in_is_permutation)
+        return grad_feats, grad_weight, None
+
+
+def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMap) -> torch.Tensor:
+    """Apply a sparse convolution given by ``kernel_map`` to features (num_in, Cin) with weight (K, Cin, Cout)."""
+    return SparseConvFunction.apply(feats, weight, kernel_map)
+
+
+class _SparseConvBase(nn.Module):
+    """Holds a weight (K, Cin, Cout) in kernel-offset order (see :func:`slidr.models.sparse.maps.kernel_offsets`).
+
+    The layout is the same for every backend, so a state dict does not depend on the backend that trained it.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        volume = kernel_size**3
+        self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # Set by slidr.models.sparse.use_backend; None = the plain PyTorch engine.
+        self.backend_impl = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Uniform in ``±1 / sqrt(K * Cin)`` (the default of ``nn.Conv3d`` and of MinkowskiEngine)."""
+        bound = 1.0 / math.sqrt(self.weight.shape[0] * self.in_channels)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _finish(self, x: SparseTensor, feats: torch.Tensor, stride: int) -> SparseTensor:
+        if self.bias is not None:
+            feats = feats + self.bias
+        if stride == x.stride:
+            return x.replace(feats)
+        return x.at_stride(stride, feats)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+                f"{', bias=False' if self.bias is None else ''}")
+
+
+class SubmanifoldConv3d(_SparseConvBase):
+    """Submanifold convolution: output sites = input sites, cubic odd kernel (3 in SR-UNet; 1 = point-wise)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = False):
+        if kernel_size % 2 != 1:
+            raise ValueError(f"SubmanifoldConv3d needs an odd kernel size, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, bias)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.backend_impl is not None:
+            return self.backend_impl(self, x)
+        if self.kernel_size == 1:
+            return self._finish(x, x.feats @ self.weight[0], x.stride)
+        kernel_map = x.cache.submanifold_map(x.stride, self.kernel_size)
+        return self._finish(x, sparse_conv(x.feats, self.weight, kernel_map), x.stride)
+
+
+class Conv3dDown(_SparseConvBase):
+    """Kernel-2 stride-2 convolution onto the sites ``floor(c / 2)`` of the input sites."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False):
+        super().__init__(in_channels, out_channels, 2, bias)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.backend_impl is not None:
+            return self.backend_impl(self, x)
+        kernel_map = x.cache.downsample_map(x.stride)
+        return self._finish(x, sparse_conv(x.feats, self.weight, kernel_map), 2 * x.stride)
+
+
+class ConvTranspose3dUp(_SparseConvBase):
+    """Kernel-2 stride-2 transposed convolution back onto the exact sites of the finer level."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = False):
+        super().__init__(in_channels, out_channels, 2, bias)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.backend_impl is not None:
+            return self.backend_impl(self, x)
+        if x.stride < 2:
+            raise ValueError("ConvTranspose3dUp needs an input at stride >= 2")
+        kernel_map = x.cache.upsample_map(x.stride)
+        return self._finish(x, sparse_conv(x.feats, self.weight, kernel_map), x.stride // 2)

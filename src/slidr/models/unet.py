@@ -1,0 +1,144 @@
+"""SR-UNet: the sparse residual U-Net of SLidR (MinkUNet34C, from PointContrast's Res16UNet34C).
+
+Stem: submanifold conv (kernel 3) to 32 channels + BN + ReLU. Encoder: four times (stride-2 conv kernel 2 + BN +
+ReLU, then residual basic blocks). Decoder: four times (transposed conv kernel 2 + BN + ReLU back onto the finer
+sites, concatenation with the encoder features of that level, basic blocks). A point-wise linear layer ``final``
+maps the last 96 channels to the output size, optionally L2-normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from slidr.config import BackboneConfig, ConfigError
+from slidr.models.sparse import (
+    Conv3dDown,
+    ConvTranspose3dUp,
+    SparseBatchNorm,
+    SparseReLU,
+    SparseTensor,
+    SubmanifoldConv3d,
+    cat,
+)
+
+
+@dataclass(frozen=True)
+class UNetPreset:
+    """Width and depth of an SR-UNet: stem width, channels and number of blocks of the 8 stages."""
+
+    stem: int
+    planes: tuple[int, ...]
+    blocks: tuple[int, ...]
+
+
+PRESETS = {
+    "minkunet34": UNetPreset(32, (32, 64, 128, 256, 256, 128, 96, 96), (2, 3, 4, 6, 2, 2, 2, 2)),
+    "minkunet18": UNetPreset(32, (32, 64, 128, 256, 256, 128, 96, 96), (2, 2, 2, 2, 2, 2, 2, 2)),
+    "minkunet14": UNetPreset(32, (32, 64, 128, 256, 256, 128, 96, 96), (1, 1, 1, 1, 1, 1, 1, 1)),
+    "minkunet34_half": UNetPreset(16, (16, 32, 64, 128, 128, 64, 48, 48), (2, 3, 4, 6, 2, 2, 2, 2)),
+    "minkunet14_half": UNetPreset(16, (16, 32, 64, 128, 128, 64, 48, 48), (1, 1, 1, 1, 1, 1, 1, 1)),
+}
+
+
+class BasicBlock(nn.Module):
+    """Two submanifold 3-convs with BN, ReLU between, and a residual (point-wise conv + BN when widths differ)."""
+
+    def __init__(self, in_channels: int, channels: int, bn_momentum: float):
+        super().__init__()
+        self.conv1 = SubmanifoldConv3d(in_channels, channels, 3)
+        self.norm1 = SparseBatchNorm(channels, momentum=bn_momentum)
+        self.conv2 = SubmanifoldConv3d(channels, channels, 3)
+        self.norm2 = SparseBatchNorm(channels, momentum=bn_momentum)
+        self.relu = SparseReLU()
+        self.downsample = None
+        if in_channels != channels:
+            self.downsample = nn.Sequential(
+                SubmanifoldConv3d(in_channels, channels, 1), SparseBatchNorm(channels, momentum=bn_momentum)
+            )
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        out = self.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        residual = x if self.downsample is None else self.downsample(x)
+        return out.replace(torch.relu(out.feats + residual.feats))
+
+
+def _stage(in_channels: int, channels: int, blocks: int, bn_momentum: float) -> nn.Sequential:
+    layers = [BasicBlock(in_channels, channels, bn_momentum)]
+    layers += [BasicBlock(channels, channels, bn_momentum) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, conv: nn.Module, channels: int, bn_momentum: float):
+        super().__init__(conv, SparseBatchNorm(channels, momentum=bn_momentum), SparseReLU())
+
+
+class SRUNet(nn.Module):
+    """Sparse residual U-Net with four stride-2 levels.
+
+    Parameters
+    ----------
+    preset : UNetPreset
+        Widths and depths (see ``PRESETS``).
+    in_channels : int
+        Input feature channels per voxel (1: intensity).
+    out_channels : int
+        Output channels of ``final`` (64 for pretraining, number of classes downstream).
+    bn_momentum : float
+        Momentum of every batch norm (PyTorch convention).
+    normalize_output : bool
+        L2-normalise each output vector.
+    """
+
+    def __init__(self, preset: UNetPreset, in_channels: int, out_channels: int, bn_momentum: float = 0.05,
+                 normalize_output: bool = False):
+        super().__init__()
+        p, n, m = preset.planes, preset.blocks, bn_momentum
+        self.normalize_output = normalize_output
+        self.feature_channels = p[7]
+        self.stem = _ConvBNReLU(SubmanifoldConv3d(in_channels, preset.stem, 3), preset.stem, m)
+        encoder_in = (preset.stem, p[0], p[1], p[2])
+        self.down = nn.ModuleList(_ConvBNReLU(Conv3dDown(c, c), c, m) for c in encoder_in)
+        self.encoder = nn.ModuleList(_stage(c, planes, blocks, m) for c, planes, blocks in zip(encoder_in, p[:4], n[:4]))
+        decoder_in = (p[3], p[4], p[5], p[6])
+        skips = (p[2], p[1], p[0], preset.stem)
+        self.up = nn.ModuleList(_ConvBNReLU(ConvTranspose3dUp(c, planes), planes, m) for c, planes in zip(decoder_in, p[4:]))
+        self.decoder = nn.ModuleList(
+            _stage(planes + skip, planes, blocks, m) for planes, skip, blocks in zip(p[4:], skips, n[4:])
+        )
+        self.final = nn.Linear(p[7], out_channels)
+
+    def forward_features(self, x: SparseTensor) -> torch.Tensor:
+        """Features (V, ``feature_channels``) of the input sites, before ``final``."""
+        out = self.stem(x)
+        skips = [out]
+        for down, stage in zip(self.down, self.encoder):
+            out = stage(down(out))
+            skips.append(out)
+        skips.pop()  # the deepest level feeds the decoder directly
+        for up, stage in zip(self.up, self.decoder):
+            out = stage(cat(up(out), skips.pop()))
+        return out.feats
+
+    def forward(self, x: SparseTensor) -> torch.Tensor:
+        """Output (V, out_channels) per input site, L2-normalised when ``normalize_output``."""
+        out = self.final(self.forward_features(x))
+        if self.normalize_output:
+            out = torch.nn.functional.normalize(out, p=2, dim=1)
+        return out
+
+
+def build_backbone(cfg: BackboneConfig) -> SRUNet:
+    """The 3D backbone named by ``cfg.name``, on the backend ``cfg.backend`` ("torch" or "spconv")."""
+    if cfg.name not in PRESETS:
+        raise ConfigError(f"backbone.name: unknown network {cfg.name!r}; valid: {', '.join(PRESETS)}")
+    model = SRUNet(PRESETS[cfg.name], cfg.in_channels, cfg.out_channels, cfg.bn_momentum, cfg.normalize_output)
+    if cfg.backend != "torch":
+        from slidr.models.sparse.spconv_backend import use_backend
+
+        use_backend(model, cfg.backend)
+    return model

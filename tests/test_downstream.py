@@ -1,0 +1,176 @@
+"""Downstream training on small hand-made scans with a stand-in backbone (fast), plus the loss and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import slidr.methods.downstream as downstream
+from slidr.config import DownstreamConfig, load_config
+from slidr.errors import SlidrError
+from slidr.methods.downstream import DownstreamModule, run_downstream, segmentation_loss
+
+NUM_CLASSES = 16  # nuScenes
+
+
+class TinyBackbone(nn.Module):
+    """Stand-in for the U-Net: a point-wise layer with batch norm, then ``final``."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Linear(in_channels, 24)
+        self.norm = nn.BatchNorm1d(24)
+        self.final = nn.Linear(24, out_channels)
+
+    def forward_features(self, x):
+        return torch.relu(self.norm(self.body(x.feats)))
+
+    def forward(self, x):
+        return self.final(self.forward_features(x))
+
+
+def make_scan(rng: np.random.Generator, classes: list[int], codes: np.ndarray, num_points: int = 300) -> dict:
+    """A scan whose voxel features encode the class (separable), with an inverse map over its points."""
+    num_voxels = num_points // 2
+    voxel_labels = rng.choice(classes, size=num_voxels)
+    voxel_labels[:5] = 0  # some unlabelled voxels
+    coords = rng.permutation(40 * 40 * 8)[:num_voxels]
+    voxel_coords = np.stack([coords // 320, (coords // 8) % 40, coords % 8], axis=1).astype(np.int32)
+    inverse_map = np.concatenate([np.arange(num_voxels), rng.integers(0, num_voxels, num_points - num_voxels)])
+    feats = codes[voxel_labels] + 0.05 * rng.normal(size=(num_voxels, codes.shape[1]))
+    return {"voxel_coords": voxel_coords, "voxel_feats": feats.astype(np.float32), "inverse_map": inverse_map,
+            "labels": voxel_labels[inverse_map], "voxel_labels": voxel_labels, "token": "t"}
+
+
+def collate(samples: list[dict]) -> dict:
+    coords, feats, inverse, labels, voxel_labels = [], [], [], [], []
+    offset = 0
+    for b, s in enumerate(samples):
+        coords.append(np.concatenate([np.full((len(s["voxel_coords"]), 1), b, np.int32), s["voxel_coords"]], 1))
+        feats.append(s["voxel_feats"])
+        inverse.append(s["inverse_map"] + offset)
+        labels.append(s["labels"])
+        voxel_labels.append(s["voxel_labels"])
+        offset += len(s["voxel_coords"])
+    return {"voxel_coords": torch.from_numpy(np.concatenate(coords)), "voxel_feats": torch.from_numpy(np.concatenate(feats)),
+            "inverse_map": torch.from_numpy(np.concatenate(inverse)), "labels": torch.from_numpy(np.concatenate(labels)),
+            "voxel_labels": torch.from_numpy(np.concatenate(voxel_labels)), "batch_size": len(samples)}
+
+
+@pytest.fixture
+def tiny_world(monkeypatch):
+    """Patch in the stand-in backbone and a dataset factory of separable scans; returns the config."""
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(NUM_CLASSES + 1, 6)).astype(np.float32) * 3
+    classes = [1, 4, 7, 11, 15, 16]
+    scans = {"train": [make_scan(rng, classes, codes) for _ in range(6)],
+             "val": [make_scan(rng, classes, codes) for _ in range(3)]}
+
+    def build(cfg, num_classes, weights=None, reset_head=True):
+        torch.manual_seed(1)
+        return TinyBackbone(6, num_classes), {"method": None}
+
+    def factory(cfg, split, train):
+        if not scans.get(split):
+            raise SlidrError(f"split {split!r} of {cfg.data.index} has no samples")
+        return scans[split], collate
+
+    monkeypatch.setattr(downstream, "build_segmentation_model", build)
+    cfg = load_config(DownstreamConfig, None, ["trainer.epochs=30", "trainer.batch_size=2", "trainer.accelerator=cpu",
+                                               "optim.lr=0.5", "trainer.log_every_n_steps=1"])
+    return cfg, factory
+
+
+def test_linear_probe_on_separable_features_is_near_perfect(tiny_world, tmp_path):
+    cfg, factory = tiny_world
+    summary = run_downstream(cfg, tmp_path / "probe", dataset_factory=factory, enable_progress_bar=False)
+    assert summary["cached_features"]
+    assert summary["miou"] > 95.0
+    present = [name for name, iou in summary["evaluation"]["per_class"].items() if iou is not None]
+    assert len(present) == 6  # absent classes are n/a, not 100
+    assert summary["epoch_losses"][-1] < summary["epoch_losses"][0]
+    written = json.loads((tmp_path / "probe" / "evaluation.json").read_text())
+    assert written["miou"] == summary["miou"]
+    assert (tmp_path / "probe" / "model.pt").is_file()
+
+
+def test_probe_freezes_backbone_and_batch_norm_statistics(tiny_world, tmp_path):
+    cfg, factory = tiny_world
+    cfg.cache_features = False  # run the backbone every step: its weights and statistics must still not move
+    cfg.trainer.epochs = 2
+    before = {}
+
+    original = DownstreamModule.__init__
+
+    def spy(self, model, *args, **kwargs):
+        before.update({k: v.clone() for k, v in model.state_dict().items()})
+        original(self, model, *args, **kwargs)
+        spy.model = model
+
+    DownstreamModule.__init__ = spy
+    try:
+        run_downstream(cfg, tmp_path / "frozen", dataset_factory=factory, enable_progress_bar=False)
+    finally:
+        DownstreamModule.__init__ = original
+    after = spy.model.state_dict()
+    for key in before:
+        if key.startswith("final."):
+            assert not torch.equal(before[key], after[key]), key
+        else:
+            assert torch.equal(before[key], after[key]), key
+
+
+def test_finetune_uses_separate_learning_rates(tiny_world):
+    cfg, factory = tiny_world
+    cfg.mode = "finetune"
+    cfg.optim.lr, cfg.optim.lr_head = 0.02, 2.0
+    scans, _ = factory(cfg, "train", True)
+    module = DownstreamModule(TinyBackbone(6, NUM_CLASSES), cfg, NUM_CLASSES, False, scans, collate)
+    module.trainer = type("T", (), {"estimated_stepping_batches": 10, "max_steps": -1, "max_epochs": 5})()
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert sorted(group["lr"] for group in optimizer.param_groups) == [0.02, 2.0]
+    head = next(g for g in optimizer.param_groups if g["lr"] == 2.0)
+    assert len(head["params"]) == 2  # final.weight and final.bias
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["dampening"] == 0.1
+    random_module = DownstreamModule(TinyBackbone(6, NUM_CLASSES), cfg, NUM_CLASSES, True, scans, collate)
+    random_module.trainer = module.trainer
+    groups = random_module.configure_optimizers()["optimizer"].param_groups
+    assert [g["lr"] for g in groups] == [cfg.lr_random_init]
+
+
+def test_finetune_runs_and_resume_refuses_to_overwrite(tiny_world, tmp_path):
+    cfg, factory = tiny_world
+    cfg.mode = "finetune"
+    cfg.trainer.epochs = 2
+    summary = run_downstream(cfg, tmp_path / "ft", dataset_factory=factory, enable_progress_bar=False)
+    assert not summary["cached_features"]
+    assert (tmp_path / "ft" / "checkpoints").is_dir()
+    with pytest.raises(SlidrError, match="already holds checkpoints"):
+        run_downstream(cfg, tmp_path / "ft", dataset_factory=factory, enable_progress_bar=False)
+    cfg.trainer.epochs = 3
+    resumed = run_downstream(cfg, tmp_path / "ft", resume=True, dataset_factory=factory, enable_progress_bar=False)
+    assert len(resumed["epoch_losses"]) == 3
+    assert resumed["epoch_losses"][:2] == summary["epoch_losses"]
+
+
+def test_empty_validation_split_is_an_error(tiny_world, tmp_path):
+    cfg, factory = tiny_world
+    cfg.data.val_split = "nothing"
+    with pytest.raises(SlidrError, match="'nothing'.*no samples"):
+        run_downstream(cfg, tmp_path / "empty", dataset_factory=factory, enable_progress_bar=False)
+
+
+def test_loss_ignores_unlabelled_voxels():
+    logits = torch.randn(5, 3, requires_grad=True)
+    labels = torch.tensor([0, 1, 3, 0, 2])
+    loss = segmentation_loss(logits, labels, lovasz=False)
+    expected = nn.functional.cross_entropy(logits[[1, 2, 4]], torch.tensor([0, 2, 1]))
+    assert float(loss) == pytest.approx(float(expected))
+    (grad,) = torch.autograd.grad(segmentation_loss(logits, labels, lovasz=True), logits)
+    assert torch.all(grad[[0, 3]] == 0)
+    zero = segmentation_loss(logits, torch.zeros(5, dtype=torch.long), lovasz=True)
+    assert float(zero) == 0.0 and zero.requires_grad
