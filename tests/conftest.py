@@ -39,3 +39,29 @@ def semantickitti_scans(realdata: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not found")
     return path
+
+
+# --- synthetic worlds (engineer A: slidr.data.synth) ---------------------------------------------------------------
+TINY_WORLD = {"scenes": 2, "frames": 3, "image_size": (320, 180), "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def tiny_nuscenes_world(tmp_path_factory) -> Path:
+    """Dataroot of a tiny synthetic nuScenes world (``TINY_WORLD``: 2 scenes x 3 keyframes, 6 cameras at 320x180,
+    version ``v1.0-trainval``), generated once per test session."""
+    from slidr.data.synth import generate_world
+
+    out = tmp_path_factory.mktemp("synth") / "nuscenes"
+    generate_world(out, workers=1, fmt="nuscenes", show_progress=False, **TINY_WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_kitti_world(tmp_path_factory) -> Path:
+    """Root of the same tiny world in SemanticKITTI layout (``sequences/00``, ``sequences/01``; 3 frames each,
+    image_2 at 320x180), generated once per test session."""
+    from slidr.data.synth import generate_world
+
+    out = tmp_path_factory.mktemp("synth") / "semantickitti"
+    generate_world(out, workers=1, fmt="semantickitti", show_progress=False, **TINY_WORLD)
+    return out

@@ -174,3 +174,83 @@ def test_loss_ignores_unlabelled_voxels():
     assert torch.all(grad[[0, 3]] == 0)
     zero = segmentation_loss(logits, torch.zeros(5, dtype=torch.long), lovasz=True)
     assert float(zero) == 0.0 and zero.requires_grad
+
+
+# --- on the tiny synthetic world, with the real U-Net and datasets ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_index(tiny_nuscenes_world, tmp_path_factory):
+    from slidr.data.index import prepare_nuscenes
+
+    path = tmp_path_factory.mktemp("downstream") / "index.json"
+    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", path)
+    return path
+
+
+def tiny_config(index, *overrides):
+    return load_config(DownstreamConfig, None, [f"data.index={index}", "backbone.name=minkunet14_half",
+                                                "trainer.epochs=1", "trainer.batch_size=3", "trainer.accelerator=cpu",
+                                                *overrides])
+
+
+def test_probe_on_tiny_world_evaluates_every_point(tiny_index, tmp_path):
+    from slidr.data.index import load_index
+
+    # two scenes give no val scene: evaluating on train is fine for a wiring test (no score is reported)
+    cfg = tiny_config(tiny_index, "data.val_split=train")
+    summary = run_downstream(cfg, tmp_path / "probe", enable_progress_bar=False)
+    index = load_index(tiny_index)
+    labels_total = 0
+    from slidr.data.datasets import DownstreamDataset
+    for sample in DownstreamDataset(index, "train", cfg.data):
+        labels_total += int((sample["labels"] > 0).sum())
+    assert summary["evaluation"]["num_points"] == labels_total  # every labelled original point, not voxels
+    assert summary["train_scans"] == len(index.sample_indices("train"))
+
+
+def test_empty_validation_split_of_real_index(tiny_index, tmp_path):
+    from slidr.errors import DataError
+
+    cfg = tiny_config(tiny_index)  # val of a two-scene world is empty
+    with pytest.raises(DataError, match="'val' has no samples"):
+        run_downstream(cfg, tmp_path / "empty", enable_progress_bar=False)
+
+
+def test_checkpoint_of_other_architecture_or_voxels_is_refused(tiny_index, tmp_path):
+    from slidr.methods.checkpoint import export_pretrained
+    from slidr.methods.downstream import build_segmentation_model
+    from slidr.models.unet import build_backbone
+
+    cfg = tiny_config(tiny_index)
+    other = load_config(DownstreamConfig, None, ["backbone.name=minkunet14"])
+    path = export_pretrained(tmp_path / "pretrained.pt", build_backbone(other.backbone), None, other, "slidr")
+    with pytest.raises(SlidrError, match="does not fit the model.*shape mismatch"):
+        build_segmentation_model(cfg, NUM_CLASSES, str(path))
+    same = export_pretrained(tmp_path / "same.pt", build_backbone(cfg.backbone), None, cfg, "slidr")
+    model, info = build_segmentation_model(cfg, NUM_CLASSES, str(same))
+    assert info["skipped"] == ["final.weight", "final.bias"]  # 64-d pretraining head left out
+    cfg.data.voxel.size = 0.2
+    with pytest.raises(SlidrError, match="voxel settings.*size: pretrained 0.1 vs now 0.2"):
+        build_segmentation_model(cfg, NUM_CLASSES, str(same))
+
+
+def test_label_file_with_unknown_ids_is_refused(tiny_nuscenes_world, tmp_path):
+    import shutil
+
+    from slidr.data.index import load_index, prepare_nuscenes
+    from slidr.errors import DataError
+    from slidr.methods.downstream import make_dataset
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_nuscenes_world, world, ignore=shutil.ignore_patterns("CAM_*", "semantic", "preview"))
+    prepare_nuscenes(world, "v1.0-trainval", tmp_path / "index.json")
+    index = load_index(tmp_path / "index.json")
+    first = index.sample_indices("train")[0]
+    label_file = index.resolve(index.samples[int(first)]["lidarseg"])
+    raw = np.fromfile(label_file, dtype=np.uint8)
+    raw[:3] = 40  # not one of the 32 lidarseg categories
+    raw.tofile(label_file)
+    dataset, _ = make_dataset(tiny_config(tmp_path / "index.json"), "train", False)
+    with pytest.raises(DataError, match=r"unknown nuScenes lidarseg category indices \[40\]"):
+        dataset[0]

@@ -43,3 +43,28 @@ def test_render_writes_png(tmp_path):
     path = render_similarity(np.zeros((40, 60, 3), np.uint8), rng.random((40, 60)), rng.integers(0, 40, (30, 2)),
                              rng.random(30), 4, tmp_path / "sim.png", title="t")
     assert path.stat().st_size > 1000
+
+
+def test_similarity_figure_on_tiny_world(tiny_nuscenes_world, tmp_path):
+    from slidr.analysis.similarity import similarity_figure
+    from slidr.config import PretrainConfig, load_config
+    from slidr.data.index import prepare_nuscenes
+    from slidr.methods.checkpoint import export_pretrained
+    from slidr.models.image import build_image_model
+    from slidr.models.unet import build_backbone
+
+    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.json")
+    cfg = load_config(PretrainConfig, None, [f"data.index={tmp_path / 'index.json'}", "backbone.name=minkunet14_half",
+                                             "image.encoder=convnet_small", "data.image_size=[96,160]"])
+    images = build_image_model(cfg.image)
+    path = export_pretrained(tmp_path / "pretrained.pt", build_backbone(cfg.backbone), images.head, cfg, "slidr")
+    with pytest.raises(SlidrError, match="randomly initialised image teacher"):
+        similarity_figure(path, tmp_path / "no.png", sample=0)
+    payload = torch.load(path, weights_only=False)
+    payload["model_images_encoder"] = images.encoder.state_dict()
+    torch.save(payload, path)
+    result = similarity_figure(path, tmp_path / "sim.png", sample=1, camera="CAM_FRONT", query_index=5)
+    assert (tmp_path / "sim.png").stat().st_size > 5000
+    assert result["camera"] == "CAM_FRONT" and result["points_in_image"] > 100
+    with pytest.raises(SlidrError, match="unknown class"):
+        similarity_figure(path, tmp_path / "x.png", query_class="unicorn")

@@ -21,6 +21,15 @@ GRID = 8
 LOW = (-4, -2, -6)  # even, so stride-2 cells of the dense grid are those of the sparse engine
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: OpenMP threads on a busy 2-core machine wait on each other far longer than they work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_sites(seed: int, batch: int = 2, grid: int = GRID, occupancy: float = 0.4) -> torch.Tensor:
     """(V, 4) int32 distinct [batch, x, y, z] sites, about ``occupancy`` of a grid^3 cube per scan, from LOW."""
     generator = torch.Generator().manual_seed(seed)

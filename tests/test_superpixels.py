@@ -158,3 +158,18 @@ def test_shards_partition_the_images():
     for bad in ("5/5", "1", "a/b", "-1/3"):
         with pytest.raises(SlidrError, match="--shard"):
             parse_shard(bad)
+
+
+def test_superpixel_benchmark_on_given_images(tmp_path):
+    import argparse
+
+    from slidr.bench.superpixels import run
+
+    _write_images(tmp_path, 2)
+    args = argparse.Namespace(images=str(tmp_path / "samples"), method="fh", n_segments=150, copies=2)
+    result = run(args)
+    assert result.data["images"] == 4 and result.data["image_size"] == "80x48"
+    assert result.data["images_per_s_1"] > 0 and result.data["images_per_s_2"] > 0
+    assert result.data["projected_nuscenes_hours_1"] > 0
+    with pytest.raises(SlidrError, match=r"no camera images found in .*nothing/CAM_\*/.*--images"):
+        run(argparse.Namespace(images=str(tmp_path / "nothing"), method="slic", n_segments=150, copies=1))

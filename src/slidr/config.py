@@ -250,6 +250,32 @@ class DownstreamConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+@dataclass
+class DemoConfig:
+    """``slidr demo``: the end-to-end run on the embedded synthetic world (configs/demo/demo.yaml).
+
+    Config file paths are relative to the folder of the demo config file.
+    """
+
+    world: str = "data/synth-demo"  # generated (and indexed, superpixels computed) on first use, reused after
+    scenes: int = 10
+    frames: int = 10
+    image_size: list[int] = field(default_factory=lambda: [480, 270])  # (width, height) of the generated images
+    seed: int = 0
+    workers: int = 2  # world generation and superpixels
+    pretrain: dict = field(default_factory=lambda: {"slidr": "slidr.yaml", "ppkt": "ppkt.yaml"})
+    probe: str = "probe.yaml"
+    train_split: str = "train"  # pretraining and probe training; tune on parametrizing/verifying, never on val
+    eval_split: str = "val"
+    knn_frames: int = 4
+
+    def validate(self, where: str) -> None:
+        for name in ("scenes", "frames", "workers", "knn_frames"):
+            _positive(getattr(self, name), f"{where}.{name}")
+        if len(self.image_size) != 2 or min(self.image_size) < 64:
+            raise ConfigError(f"{where}.image_size must be [width, height], each >= 64, got {self.image_size}")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Machinery.
 # --------------------------------------------------------------------------------------------------------------

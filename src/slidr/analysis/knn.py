@@ -13,12 +13,17 @@ written as JSON.
 
 from __future__ import annotations
 
+import copy
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
+import torch
 from scipy.spatial import cKDTree
+
+from slidr.analysis.similarity import denormalize_image
 
 DEFAULT_CLASSES = ("vegetation", "car", "pedestrian")
 # RGB in [0, 1]; classes not listed are drawn in the next free colour of _EXTRA_COLOURS.
@@ -192,3 +197,141 @@ def write_gif(frames: Sequence[str | Path], path: str | Path, frame_ms: int = 50
     with atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A whole sequence: from a pretrained file to frames, GIF and scores
+# --------------------------------------------------------------------------------------------------------------
+
+
+def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str] = None,
+                 scene: Optional[str] = None, classes: Sequence[str] = DEFAULT_CLASSES, k: int = 20,
+                 camera: Optional[str] = "CAM_FRONT", max_frames: Optional[int] = None,
+                 frame_ms: int = 500) -> dict:
+    """Label transfer from the first frame of a scene to the following ones; writes frames, GIF and JSON.
+
+    Parameters
+    ----------
+    pretrained : exported pretraining file (its config gives the network and the voxels).
+    out : output folder (``frame_NNN.png``, ``knn.gif``, ``knn.json``).
+    index : dataset index (default: the pretraining's ``data.index``).
+    scene : scene (nuScenes) or sequence (SemanticKITTI) name; default: the first scene of the ``val`` split
+        when there is one, else of the index.
+    classes : evaluation class names to transfer.
+    k : neighbours per query.
+    camera : channel of the camera overlay (None: bird's-eye view only; also when the index has no images).
+    max_frames : stop after this many frames (database frame included).
+    frame_ms : GIF frame duration.
+
+    Returns
+    -------
+    dict
+        What ``knn.json`` holds: ``scene``, ``database_token``, ``classes``, ``k``, ``frames`` (token, per-class
+        precision/recall), ``mean_precision``, ``mean_recall`` (per class over frames), ``gif``, ``seconds``.
+    """
+    from slidr.data.classes import class_names
+    from slidr.data.datasets import DownstreamDataset, PretrainDataset
+    from slidr.data.index import load_index
+    from slidr.methods.checkpoint import load_backbone
+    from slidr.models.unet import build_backbone
+    from slidr.utils.io import write_json
+    from slidr.errors import SlidrError
+    from slidr.utils.progress import progress
+
+    start = time.perf_counter()
+    payload = torch.load(pretrained, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or "config" not in payload:
+        raise SlidrError(f"{pretrained} is not an exported pretraining file (no config)")
+    from slidr.config import PretrainConfig, from_dict
+
+    cfg = from_dict(PretrainConfig, payload["config"], where=f"{pretrained}: config")
+    model = build_backbone(cfg.backbone)
+    load_backbone(pretrained, model, None)
+    model.eval()
+
+    data_cfg = copy.deepcopy(cfg.data)
+    data_cfg.index = index or data_cfg.index
+    data_cfg.augment.enabled = False
+    data_cfg.superpixels.method = "none"
+    dataset_index = load_index(data_cfg.index)
+    names = class_names(data_cfg.dataset)
+    unknown = [name for name in classes if name not in names]
+    if unknown:
+        raise SlidrError(f"unknown classes {unknown}; classes of {data_cfg.dataset}: {', '.join(names)}")
+    class_indices = [names.index(name) + 1 for name in classes]
+    if scene is None:
+        pool = dataset_index.splits.get("val") or list(dataset_index.scenes)
+        if not pool:
+            raise SlidrError(f"{data_cfg.index} has no scene")
+        scene = pool[0]
+    if scene not in dataset_index.scenes:
+        raise SlidrError(f"scene {scene!r} is not in {data_cfg.index}")
+    has_camera = camera is not None and camera in (dataset_index.samples[0].get("cameras") or {})
+    if has_camera:
+        data_cfg.cameras = [camera]
+        dataset = PretrainDataset(dataset_index, None, data_cfg, train=False)
+    else:
+        dataset = DownstreamDataset(dataset_index, None, data_cfg, train=False)
+    scenes = dataset_index.samples.column("scene")
+    items = [item for item, position in enumerate(dataset.positions) if scenes[int(position)] == scene]
+    if max_frames is not None:
+        items = items[:max_frames]
+    if len(items) < 2:
+        raise SlidrError(f"scene {scene!r} has {len(items)} frame(s); k-NN transfer needs at least 2")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    database = None
+    database_token = None
+    frames, pngs = [], []
+    for number, item in enumerate(progress(items, desc=f"k-NN {scene}", unit="frame")):
+        scan = dataset[item]
+        if scan.get("labels") is None:
+            raise SlidrError(f"sample {scan['token']} has no labels; k-NN transfer needs a labelled sequence")
+        with torch.no_grad():
+            voxel_features = _features(model, scan)
+        voxel_labels = scan["labels"][_kept_points(scan)] if "voxel_labels" not in scan else scan["voxel_labels"]
+        if database is None:
+            database = FeatureDatabase(voxel_features, voxel_labels)
+            database_token = scan["token"]
+            continue
+        point_probabilities = database.class_probabilities(voxel_features, class_indices, k)[scan["inverse_map"]]
+        scores = precision_recall(point_probabilities, scan["labels"], class_indices)
+        frames.append({"token": scan["token"], "scores": dict(zip(classes, scores))})
+        frame = KnnFrame(scan["points"][:, :3], point_probabilities, title=f"{scene} frame {number}")
+        if has_camera:
+            frame.image = denormalize_image(scan["images"][0])
+            frame.point_index = scan["pairing_points"]
+            frame.pixel_rc = scan["pairing_images"][:, 1:]
+        pngs.append(render_frame(frame, classes, out / f"frame_{number:03d}.png"))
+    gif = write_gif(pngs, out / "knn.gif", frame_ms)
+    result = {
+        "scene": scene, "database_token": database_token, "classes": list(classes), "k": k,
+        "frames": frames,
+        "mean_precision": {c: _mean(f["scores"][c]["precision"] for f in frames) for c in classes},
+        "mean_recall": {c: _mean(f["scores"][c]["recall"] for f in frames) for c in classes},
+        "gif": str(gif), "frame_pngs": [str(p) for p in pngs],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(out / "knn.json", result)
+    return result
+
+
+def _features(model: torch.nn.Module, scan: dict) -> np.ndarray:
+    from slidr.models.sparse import SparseTensor
+
+    coords = torch.from_numpy(scan["voxel_coords"])
+    coords = torch.cat([torch.zeros(len(coords), 1, dtype=coords.dtype), coords], dim=1)
+    return model(SparseTensor(coords, torch.from_numpy(scan["voxel_feats"]))).numpy()
+
+
+def _kept_points(scan: dict) -> np.ndarray:
+    """One point per voxel (the first point of each voxel in the inverse map)."""
+    order = np.argsort(scan["inverse_map"], kind="stable")
+    first = np.concatenate([[True], np.diff(scan["inverse_map"][order]) != 0])
+    return order[first]
+
+
+def _mean(values: Iterable[Optional[float]]) -> Optional[float]:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None

@@ -216,7 +216,7 @@ def similarity_figure(pretrained: str | Path, out: str | Path, *, index: Optiona
     position = choose_query(pixel_rc, index=query_index, pixel=query_pixel, class_index=class_index, labels=labels,
                             rng=np.random.default_rng(seed))
     pixel_map, point_values = cosine_similarity_maps(point_features[position], pixel_features, point_features)
-    image = _denormalize(scan["images"][0])
+    image = denormalize_image(scan["images"][0])
     query_name = names[labels[position] - 1] if labels is not None and labels[position] > 0 else None
     title = f"sample {sample} {data_cfg.cameras[0]}, query point {int(scan['pairing_points'][position])}" + (
         f" ({query_name})" if query_name else "")
@@ -241,7 +241,7 @@ def _sparse(scan: dict):
     return SparseTensor(coords, torch.from_numpy(scan["voxel_feats"]))
 
 
-def _denormalize(image: np.ndarray) -> np.ndarray:
+def denormalize_image(image: np.ndarray) -> np.ndarray:
     """(3, H, W) ImageNet-normalised float -> (H, W, 3) uint8."""
     from slidr.data.augment import IMAGENET_MEAN, IMAGENET_STD
 

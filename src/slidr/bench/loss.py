@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         input_grads_mb=round(input_grads_mb, 1),
         slidr_beyond_grads_mb=round(data["slidr_peak_mb"] - input_grads_mb, 1),
         onehot_beyond_grads_mb=round(data["onehot_peak_mb"] - input_grads_mb, 1),
-        settings={key: value for key, value in vars(args).items() if not key.startswith("_") and key != "json"},
+        settings={key: getattr(args, key) for key in ("scans", "cameras", "height", "width", "channels", "points",
+                                                      "superpixels", "repeats", "threads", "seed")},
         device=str(device),
     )
     notes = [

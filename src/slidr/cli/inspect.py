@@ -39,7 +39,8 @@ def find_sample(index, key: str) -> int:
     if key.lstrip("-").isdigit():
         position = int(key)
         if not 0 <= position < len(index.samples):
-            raise SlidrError(f"--sample {key}: the index has {len(index.samples)} samples (0..{len(index.samples) - 1})")
+            raise SlidrError(f"--sample {key}: the index has {len(index.samples)} samples "
+                             f"(0..{len(index.samples) - 1})")
         return position
     tokens = index.samples.column("token")
     if key not in tokens:

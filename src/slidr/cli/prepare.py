@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     nuscenes.add_argument("--version", default="v1.0-trainval",
                           help="table folder name: v1.0-trainval (default), v1.0-test, v1.0-mini, ...")
     nuscenes.add_argument("--out", required=True, help="index file to write")
+    nuscenes.add_argument("--splits", choices=("auto", "official", "stratified"), default="auto",
+                          help="official devkit splits, stratified generated ones, or auto (stratified for the "
+                               "synthetic world and unknown scenes; default)")
     kitti = subparsers.add_parser("semantickitti", help="index SemanticKITTI sequences",
                                   description="index SemanticKITTI sequences (scans, labels, calibration, poses)")
     kitti.add_argument("--root", required=True, help="dataset folder holding sequences/ (or the sequences folder)")
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from slidr.data.index import prepare_nuscenes, prepare_semantickitti
 
     if args.dataset == "nuscenes":
-        index = prepare_nuscenes(args.dataroot, args.version, args.out)
+        index = prepare_nuscenes(args.dataroot, args.version, args.out, args.splits)
     else:
         index = prepare_semantickitti(args.root, args.out)
     print(f"wrote {args.out}: {len(index.samples)} samples, {len(index.scenes)} scenes; splits: "

@@ -90,11 +90,12 @@ class PretrainDataset(_ScanDataset):
         absent = [channel for channel in data_cfg.cameras if channel not in cameras]
         if absent:
             what = "SemanticKITTI pretraining" if self.index.format == "semantickitti" else "pretraining"
+            if not cameras:
+                raise DataError(f"index {self.index.path}: {what} needs camera images, and its samples have none")
             raise DataError(
                 f"index {self.index.path}: {what} needs the cameras data.cameras = {list(data_cfg.cameras)}, "
-                f"but its samples have {', '.join(cameras) or 'no camera'}; set data.cameras to cameras the "
-                f"index has (e.g. data.cameras=[{', '.join(cameras)}])" if cameras else
-                f"index {self.index.path}: {what} needs camera images, and its samples have none"
+                f"but its samples have {', '.join(cameras)}; set data.cameras to cameras the index has "
+                f"(e.g. data.cameras=[{', '.join(cameras)}])"
             )
         sp = data_cfg.superpixels
         self.superpixel_folder = None

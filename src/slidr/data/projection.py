@@ -175,7 +175,6 @@ def _devkit_global_to_image(global_points: np.ndarray, camera: dict) -> tuple[np
     view = np.eye(4)
     view[:3, :3] = np.asarray(camera["intrinsic"], dtype=np.float64)
     homogeneous = np.concatenate((cloud, np.ones((1, cloud.shape[1]))))
-    image = np.dot(view, homogeneous)[:3, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        image = image / image[2:3, :].repeat(3, 0).reshape(3, cloud.shape[1])
-    return cloud[2], image[0], image[1]
+    image = np.dot(view, homogeneous)
+    with np.errstate(divide="ignore", invalid="ignore"):  # element-wise, so the same quotients as the devkit's
+        return cloud[2], image[0] / image[2], image[1] / image[2]

@@ -85,7 +85,7 @@ def superpixel_dir(index_path: str | Path, method: str = "slic", n_segments: int
 
 
 def superpixel_path(folder: str | Path, channel: str, image: str | Path) -> Path:
-    """Label PNG of camera image ``image`` (path as in the index) of camera ``channel`` inside method folder ``folder``."""
+    """Label PNG of camera ``channel``'s image ``image`` (path as in the index) inside method folder ``folder``."""
     return Path(folder) / channel / f"{Path(image).stem}.png"
 
 
@@ -173,7 +173,13 @@ def write_label_png(path: str | Path, labels: np.ndarray, segments: Optional[int
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
-    """Labels (H, W) uint16 of a label PNG; raises :class:`DataError` naming the file when it is unreadable."""
+    """Labels (H, W) of a label PNG; raises :class:`DataError` naming the file when it is unreadable.
+
+    Returns
+    -------
+    (H, W) uint16 array, read-only; for this module's files a big-endian view of the decoded bytes (byte order
+    is converted only for the pixels a caller takes, e.g. with ``astype``).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -184,13 +190,14 @@ def read_label_png(path: str | Path) -> np.ndarray:
     if ihdr is not None and ihdr[0][8:] == bytes((16, 0, 0, 0, 0)) and b"IDAT" in chunks:
         width, height = struct.unpack(">II", ihdr[0][:8])
         try:
-            raw = zlib.decompress(b"".join(chunks[b"IDAT"]))
+            # bufsize: the exact size, else zlib grows its buffer step by step (2-3x slower here)
+            raw = zlib.decompress(b"".join(chunks[b"IDAT"]), bufsize=height * (1 + 2 * width))
         except zlib.error as error:
             raise DataError(f"superpixel file {path} is corrupt: {error}") from None
         if len(raw) == height * (1 + 2 * width):
             rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + 2 * width)
             if not rows[:, 0].any():  # every row unfiltered: the samples are the bytes themselves
-                return rows[:, 1:].view(">u2").astype(np.uint16)
+                return rows[:, 1:].view(">u2")
     return _read_png_with_pillow(path)
 
 

@@ -105,6 +105,31 @@ def superpixel_infonce(
     if num_pairs == 0:
         return _zero_loss(point_features, pixel_features), {"pairs": 0, "superpixels": 0, "empty": True}
 
+    superpoints, superpixel_means = superpixel_embeddings(point_features, pairing_images, pixel_features,
+                                                          superpixels, renormalize, num_matches, generator)
+    loss = info_nce(superpoints, superpixel_means, temperature)
+    return loss, {"pairs": num_pairs, "superpixels": superpoints.shape[0], "empty": False}
+
+
+def superpixel_embeddings(
+    point_features: torch.Tensor,
+    pairing_images: torch.Tensor,
+    pixel_features: torch.Tensor,
+    superpixels: Optional[torch.Tensor],
+    renormalize: bool = False,
+    num_matches: int = 4096,
+    generator: Optional[torch.Generator] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row-aligned (superpoint, superpixel) means that :func:`superpixel_infonce` contrasts.
+
+    For a trainer that gathers negatives across processes before the InfoNCE. Parameters as
+    :func:`superpixel_infonce` (P must be > 0).
+
+    Returns
+    -------
+    superpoints, superpixel_means : (K, C) float tensors
+        Row k of each belongs to the k-th kept superpixel (superpixels sorted by image, then id).
+    """
     point_features = _float32_at_least(point_features)
     pixel_features = _float32_at_least(pixel_features)
     image, row, col = pairing_images.to(device=point_features.device, dtype=torch.long).unbind(1)
@@ -118,8 +143,7 @@ def superpixel_infonce(
     if renormalize:
         superpoints = F.normalize(superpoints, dim=1)
         superpixel_means = F.normalize(superpixel_means, dim=1)
-    loss = info_nce(superpoints, superpixel_means, temperature)
-    return loss, {"pairs": num_pairs, "superpixels": superpoints.shape[0], "empty": False}
+    return superpoints, superpixel_means
 
 
 def _superpixel_means(point_features, image, row, col, pixel_features, superpixels):

@@ -16,31 +16,12 @@ import math
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from slidr.config import PretrainConfig
 from slidr.errors import SlidrError
 from slidr.methods import losses
-from slidr.methods.pretrain import PretrainModule, _to_sparse, gather_with_grad
-
-
-def gathered_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE whose negatives are the positives of every DDP process (local gradients only).
-
-    Parameters
-    ----------
-    anchors, positives : (N, C) row-aligned local embeddings.
-    temperature : float
-
-    Returns
-    -------
-    Scalar loss; equal to :func:`slidr.methods.losses.info_nce` without DDP.
-    """
-    everyone, offset = gather_with_grad(positives)
-    logits = anchors @ everyone.transpose(0, 1) / temperature
-    target = torch.arange(anchors.shape[0], device=anchors.device) + offset
-    return F.cross_entropy(logits, target)
+from slidr.methods.pretrain import PretrainModule, _to_sparse, gathered_info_nce
 
 
 def pointcontrast_steps(num_scans: int, batch_pairs: int, equivalent_epochs: int, world_size: int = 1) -> int:
@@ -78,6 +59,9 @@ class PointContrastModule(PretrainModule):
         from slidr.data.scan_pairs import PointContrastPairs, collate_pairs
 
         return PointContrastPairs(self.cfg), collate_pairs
+
+    def scans_in_batch(self, batch: dict) -> int:
+        return 2 * int(batch["batch_size"])  # two clouds per pair
 
     def planned_steps(self, world_size: int) -> Optional[int]:
         """Steps showing as many clouds as SLidR in ``pairs.equivalent_epochs`` epochs of the training scans."""

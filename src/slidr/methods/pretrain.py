@@ -30,6 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from slidr.config import PretrainConfig, save_config
@@ -191,6 +192,24 @@ def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     parts = [part[:n] for part, n in zip(parts, counts)]
     parts[rank] = tensor  # the local rows keep their graph
     return torch.cat(parts), sum(counts[:rank])
+
+
+def gathered_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE whose negatives are the positives of every DDP process (gradients through the local ones).
+
+    Parameters
+    ----------
+    anchors, positives : (N, C) row-aligned local embeddings.
+    temperature : float
+
+    Returns
+    -------
+    Scalar loss; equal to :func:`slidr.methods.losses.info_nce` without DDP.
+    """
+    everyone, offset = gather_with_grad(positives)
+    logits = anchors @ everyone.transpose(0, 1) / temperature
+    target = torch.arange(anchors.shape[0], device=anchors.device) + offset
+    return F.cross_entropy(logits, target)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -388,7 +407,15 @@ class ImageToLidarModule(PretrainModule):
     def build_train_dataset(self) -> tuple[Dataset, Callable]:
         from slidr.data.datasets import PretrainDataset, collate_pretrain
 
-        return PretrainDataset(self.cfg.data, split=self.cfg.data.train_split), collate_pretrain
+        class ReplayablePretrainDataset(PretrainDataset):
+            """Augmentations drawn from torch's seed only, which :class:`SeededDataset` sets per sample: the
+            base class also counts draws per process, which a resumed process would restart from zero."""
+
+            def _rng(self, item: int) -> np.random.Generator:
+                return np.random.default_rng([torch.initial_seed(), item])
+
+        data = self.cfg.data
+        return ReplayablePretrainDataset(data.index, data.train_split, data, train=True), collate_pretrain
 
     def images_head(self) -> Optional[torch.nn.Module]:
         return self.model_images.head
@@ -404,22 +431,57 @@ class ImageToLidarModule(PretrainModule):
 
     def loss_from_features(self, point_features: torch.Tensor, pixel_features: torch.Tensor,
                            batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """The method's loss in float32 (outside autocast: the exponentials overflow in half precision)."""
+        """The method's loss in float32 (outside autocast: the exponentials overflow in half precision).
+
+        With ``loss.gather_negatives`` under DDP, the positives (superpixels / pixels) of every process are
+        negatives of every anchor; otherwise, as the authors' release, each process contrasts its own batch.
+        """
         from slidr.methods import losses
 
         loss_cfg = self.cfg.loss
+        pairing = batch["pairing_images"]
         with torch.autocast(device_type=point_features.device.type, enabled=False):
             point_features = point_features.float()
             pixel_features = pixel_features.float()
-            if self.cfg.method == "slidr":
-                superpixels = batch["superpixels"] if loss_cfg.use_superpixels else None
-                loss, stats = losses.superpixel_infonce(point_features, batch["pairing_images"], pixel_features,
-                                                        superpixels, loss_cfg.temperature,
-                                                        renormalize=loss_cfg.renormalize_means)
+            if self.cfg.method == "ppkt":
+                image, row, col = pairing.long().unbind(1)
+                at_pairs = pixel_features[image, :, row, col]
+                if loss_cfg.gather_negatives and _distributed():
+                    chosen = torch.randperm(len(at_pairs), device=at_pairs.device)[: loss_cfg.num_matches]
+                    loss = gathered_info_nce(point_features[chosen], at_pairs[chosen], loss_cfg.temperature)
+                    stats = {"pairs": len(at_pairs), "matches": len(chosen)}
+                else:
+                    loss, stats = losses.ppkt_infonce(point_features, at_pairs, loss_cfg.num_matches,
+                                                      loss_cfg.temperature)
             else:
-                loss, stats = losses.ppkt_infonce(point_features, batch["pairing_images"], pixel_features,
-                                                  loss_cfg.num_matches, loss_cfg.temperature)
-        return loss, {key: float(value) for key, value in dict(stats).items()}
+                superpixels = batch["superpixels"] if loss_cfg.use_superpixels else None
+                if loss_cfg.gather_negatives and _distributed():
+                    anchors, positives = self._superpixel_embeddings(point_features, pairing, pixel_features,
+                                                                     superpixels)
+                    loss = gathered_info_nce(anchors, positives, loss_cfg.temperature)
+                    stats = {"pairs": len(point_features), "superpixels": len(anchors)}
+                else:
+                    loss, stats = losses.superpixel_infonce(point_features, pairing, pixel_features, superpixels,
+                                                            loss_cfg.temperature,
+                                                            renormalize=loss_cfg.renormalize_means,
+                                                            num_matches=loss_cfg.num_matches)
+        stats = {key: float(value) for key, value in dict(stats).items() if key != "empty"}
+        return loss, stats
+
+    def _superpixel_embeddings(self, point_features, pairing, pixel_features, superpixels):
+        """Row-aligned (superpoint, superpixel) means, as inside :func:`losses.superpixel_infonce`."""
+        from slidr.methods import losses
+
+        image, row, col = pairing.long().unbind(1)
+        if superpixels is None:
+            anchors, positives = losses._pixel_as_superpixel_means(point_features, image, row, col, pixel_features,
+                                                                   self.cfg.loss.num_matches, None)
+        else:
+            anchors, positives = losses._superpixel_means(point_features, image, row, col, pixel_features,
+                                                          superpixels)
+        if self.cfg.loss.renormalize_means:
+            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
+        return anchors, positives
 
     def compute_loss(self, batch: dict) -> tuple[Optional[torch.Tensor], dict[str, float]]:
         if batch["pairing_points"].numel() == 0:

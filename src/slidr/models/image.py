@@ -205,7 +205,7 @@ def _check_keys(encoder: nn.Module, state: dict, path: Path) -> None:
         problems.append(f"{len(shapes)} shape mismatches (file != model): {_listing(shapes)}")
     raise SlidrError(
         f"image weights file {path} does not match the {type(encoder).__name__} encoder: " + "; ".join(problems)
-        + ". Check image.encoder / image.dilated, or set image.weights_prefix to the prefix of the encoder keys."
+        + ". Check image.encoder, or set image.weights_prefix to the prefix of the encoder keys."
     )
 
 

@@ -22,17 +22,22 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34). Unlike torchvision's, it accepts dilation > 1."""
+    """Two 3x3 convolutions (ResNet-18/34); the first carries the stride.
+
+    torchvision refuses dilation here. This block accepts it: ``dilation`` is that of the first convolution and
+    ``stage_dilation`` that of the second, which (in the first block of a dilated stage) already works on the
+    finer grid; then the dilated network computes exactly the strided one at every position.
+    """
 
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 dilation: int = 1) -> None:
+                 dilation: int = 1, stage_dilation: int | None = None) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride, dilation)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.conv2 = conv3x3(planes, planes, dilation=stage_dilation or dilation)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
@@ -44,12 +49,15 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (carries the stride, "ResNet v1.5" as torchvision) -> 1x1 with 4x expansion (ResNet-50)."""
+    """1x1 -> 3x3 (carries the stride, "ResNet v1.5" as torchvision) -> 1x1 with 4x expansion (ResNet-50).
+
+    ``stage_dilation`` is unused: no 3x3 convolution follows the strided one inside the block.
+    """
 
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 dilation: int = 1) -> None:
+                 dilation: int = 1, stage_dilation: int | None = None) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -120,8 +128,8 @@ class ResNet(nn.Module):
             downsample = nn.Sequential(
                 conv1x1(self.inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
             )
-        # the first block keeps the previous dilation, as torchvision does
-        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation)]
+        # the first block's strided convolution keeps the previous dilation, as torchvision does
+        layers = [block(self.inplanes, planes, stride, downsample, previous_dilation, self.dilation)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)

@@ -21,9 +21,10 @@ from slidr.config import NUSCENES_CAMERAS
 from slidr.data.classes import NUSCENES_CLASSES, NUSCENES_LEARNING_MAP
 from slidr.data.synth import kitti_writer, nuscenes_writer
 from slidr.data.synth.raycast import cast_rays
-from slidr.data.synth.render import finish_image, lidar_returns, shade
+from slidr.data.synth.render import lidar_returns, render_image
+from slidr.data.projection import project_points
 from slidr.data.synth.sensors import (LIDAR_CHANNEL, LidarSpec, Sensor, build_rig, camera_rays, ego_pose,
-                                      lidar_rays, matrix_to_quaternion, project_to_image)
+                                      lidar_rays, matrix_to_quaternion)
 from slidr.data.synth.world import KITTI_OUTLIER, SceneConditions, World, build_world, plan_scenes
 from slidr.errors import SlidrError
 from slidr.utils.io import atomic_directory, write_json
@@ -217,8 +218,7 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
     for camera in rig[1:]:
         image, semantic = render_camera(world, conditions, camera, ego_to_street @ camera.to_ego, rng)
         lidar_to_camera = np.linalg.inv(camera.to_ego) @ lidar_to_ego
-        index, _, _ = project_to_image(scan["points"][:, :3], lidar_to_camera, camera.intrinsic, camera.width,
-                                       camera.height)
+        index, _ = project_points(scan["points"], lidar_to_camera, camera.intrinsic, (camera.height, camera.width))
         record["pairs"][camera.channel] = int(len(index))
         images[camera.channel] = (image, semantic)
     if settings.fmt == "nuscenes":
@@ -281,9 +281,8 @@ def render_camera(world: World, conditions: SceneConditions, camera: Sensor, cam
     directions = _camera_rays_cached(camera) @ camera_to_street[:3, :3].T
     origin = camera_to_street[:3, 3]
     distance, prim, normals = cast_rays(origin, directions, CAMERA_RANGE_M, world.kinds, world.params, world.grid)
-    linear = shade(origin, directions, distance, prim, normals, world, conditions)
     shape = (camera.height, camera.width)
-    image = finish_image(linear.reshape(*shape, 3), distance.reshape(shape), conditions, rng)
+    image = render_image(origin, directions, distance, prim, normals, world, conditions, shape, rng)
     semantic = np.where(prim >= 0, world.category[np.maximum(prim, 0)], 0).astype(np.uint8).reshape(shape)
     return image, semantic
 

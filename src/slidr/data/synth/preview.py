@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from slidr.data.classes import NUSCENES_CLASSES, NUSCENES_LEARNING_MAP
-from slidr.data.synth.sensors import project_to_image
+from slidr.data.projection import project_points
 
 
 def write_previews(directory: Path, frame: dict) -> list[Path]:
@@ -53,11 +53,12 @@ def write_previews(directory: Path, frame: dict) -> list[Path]:
 
     image = frame["image"]
     height, width = image.shape[:2]
-    index, pixel_rc, depth = project_to_image(points[:, :3], frame["lidar_to_camera"], frame["intrinsic"], width,
-                                              height)
+    transform = frame["lidar_to_camera"]
+    index, pixel_rc = project_points(points, transform, frame["intrinsic"], (height, width))
+    depth = points[index, :3].astype(np.float64) @ transform[2, :3] + transform[2, 3]
     fig, ax = plt.subplots(figsize=(12, 12 * height / width), dpi=100)
     ax.imshow(image)
-    dots = ax.scatter(pixel_rc[:, 1] + 0.5, pixel_rc[:, 0] + 0.5, c=depth, s=1.5, cmap="turbo", vmin=0,
+    dots = ax.scatter(pixel_rc[:, 1], pixel_rc[:, 0], c=depth, s=1.5, cmap="turbo", vmin=0,
                       vmax=min(60.0, float(depth.max()) if depth.size else 60.0))
     fig.colorbar(dots, ax=ax, fraction=0.025, label="depth (m)")
     ax.set_axis_off()

@@ -40,6 +40,9 @@ class Grid:
     z_range: tuple[float, float]
     start: np.ndarray  # (nx * ny + 1,) int64
     items: np.ndarray  # (K,) int32
+    large: np.ndarray  # (L,) int32 primitives too large to list per cell: every ray tests them once
+    item_top: np.ndarray  # (K,) float64 highest point of each listed primitive; each cell's list is sorted by it,
+    # highest first, so that a ray passing at height z stops testing a cell at the first primitive below z
 
 
 def primitive_bounds(kinds: np.ndarray, params: np.ndarray) -> np.ndarray:
@@ -64,7 +67,7 @@ def primitive_bounds(kinds: np.ndarray, params: np.ndarray) -> np.ndarray:
     return np.concatenate([centre - extent, centre + extent], axis=1)
 
 
-def build_grid(kinds: np.ndarray, params: np.ndarray, cell: float = 4.0) -> Grid:
+def build_grid(kinds: np.ndarray, params: np.ndarray, cell: float = 4.0, max_cells: int = 64) -> Grid:
     """List every primitive in each x-y cell its bounds overlap.
 
     Parameters
@@ -72,6 +75,8 @@ def build_grid(kinds: np.ndarray, params: np.ndarray, cell: float = 4.0) -> Grid
     kinds : (P,) int32 primitive kinds.
     params : (P, 8) float64 primitive parameters.
     cell : float, cell size in metres.
+    max_cells : int, primitives overlapping more cells than this (the ground under everything, walls across
+        the street) are not listed per cell but tested once by every ray.
 
     Returns
     -------
@@ -86,18 +91,21 @@ def build_grid(kinds: np.ndarray, params: np.ndarray, cell: float = 4.0) -> Grid
     iy0 = np.floor((bounds[:, 1] - y0) / cell).astype(np.int64)
     iy1 = np.floor((bounds[:, 4] - y0) / cell).astype(np.int64)
     cells, prims = [], []
-    for p in range(len(kinds)):
+    large = (ix1 - ix0 + 1) * (iy1 - iy0 + 1) > max_cells
+    for p in np.flatnonzero(~large):
         xs, ys = np.meshgrid(np.arange(ix0[p], ix1[p] + 1), np.arange(iy0[p], iy1[p] + 1), indexing="ij")
         cells.append((xs * ny + ys).ravel())
         prims.append(np.full(xs.size, p, dtype=np.int32))
     cell_ids = np.concatenate(cells)
     prim_ids = np.concatenate(prims)
-    order = np.argsort(cell_ids, kind="stable")
+    order = np.lexsort((-bounds[prim_ids, 5], cell_ids))
     counts = np.bincount(cell_ids, minlength=nx * ny)
     start = np.zeros(nx * ny + 1, dtype=np.int64)
     np.cumsum(counts, out=start[1:])
     z_range = (float(bounds[:, 2].min()) - 1e-3, float(bounds[:, 5].max()) + 1e-3)
-    return Grid(float(x0), float(y0), float(cell), nx, ny, z_range, start, prim_ids[order])
+
+    return Grid(float(x0), float(y0), float(cell), nx, ny, z_range, start, prim_ids[order],
+                np.flatnonzero(large).astype(np.int32), np.ascontiguousarray(bounds[prim_ids[order], 5]))
 
 
 @numba.njit(cache=True, inline="always")
@@ -221,7 +229,7 @@ def _normal(kind, prm, px, py, pz):
 
 @numba.njit(parallel=True, cache=True)
 def _cast_kernel(origin, directions, t_max, kinds, params, x0, y0, cell, nx, ny, z_lo, z_hi, start, items,
-                 out_t, out_id, out_normal):
+                 large, item_top, out_t, out_id, out_normal):
     ox, oy, oz = origin[0], origin[1], origin[2]
     x_hi = x0 + nx * cell
     y_hi = y0 + ny * cell
@@ -266,15 +274,25 @@ def _cast_kernel(origin, directions, t_max, kinds, params, x0, y0, cell, nx, ny,
             t_delta_y = np.inf
         best = t_exit
         best_id = -1
+        for p in large:
+            t = _intersect(kinds[p], params[p], ox, oy, oz, dx, dy, dz)
+            if t < best:
+                best = t
+                best_id = p
+        cell_enter = t_enter
         while True:
             c = ix * ny + iy
+            cell_exit = min(t_next_x, t_next_y)
+            z_low = min(oz + cell_enter * dz, oz + min(cell_exit, best) * dz)
             for k in range(start[c], start[c + 1]):
+                if item_top[k] < z_low:
+                    break  # this and the remaining primitives of the cell are below the ray
                 p = items[k]
                 t = _intersect(kinds[p], params[p], ox, oy, oz, dx, dy, dz)
                 if t < best:
                     best = t
                     best_id = p
-            cell_exit = min(t_next_x, t_next_y)
+            cell_enter = cell_exit
             if best <= cell_exit or cell_exit >= t_exit:
                 break
             if t_next_x < t_next_y:
@@ -321,7 +339,7 @@ def cast_rays(origin: np.ndarray, directions: np.ndarray, t_max: float, kinds: n
     out_normal = np.zeros((n, 3), dtype=np.float32)
     _cast_kernel(np.asarray(origin, dtype=np.float64), directions, float(t_max), kinds, params, grid.x0, grid.y0,
                  grid.cell, grid.nx, grid.ny, grid.z_range[0], grid.z_range[1], grid.start, grid.items,
-                 out_t, out_id, out_normal)
+                 grid.large, grid.item_top, out_t, out_id, out_normal)
     return out_t, out_id, out_normal
 
 

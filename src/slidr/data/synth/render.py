@@ -164,113 +164,107 @@ def _texture(tex_kind, prm, color, color2, tex, px, py, pz, nx, ny, nz, seed, ni
 
 @numba.njit(parallel=True, cache=True)
 def _shade_kernel(origin, directions, distance, prim, normals, params, color, color2, texture, tex, sun,
-                  sky_low, sky_high, ambient, night, seed, out):
+                  sky_low, sky_high, ambient, night, rain, seed, noise_seed, noise_sigma, out):
     for i in numba.prange(directions.shape[0]):
         dx, dy, dz = directions[i, 0], directions[i, 1], directions[i, 2]
         p = prim[i]
         if p < 0:
             t = min(1.0, max(0.0, dz * 2.5))
-            for c in range(3):
-                out[i, c] = sky_low[c] + (sky_high[c] - sky_low[c]) * t
-            continue
-        d = distance[i]
-        px, py, pz = origin[0] + d * dx, origin[1] + d * dy, origin[2] + d * dz
-        nx, ny, nz = normals[i, 0], normals[i, 1], normals[i, 2]
-        r, g, b, emit = _texture(texture[p], params[p], color[p], color2[p], tex[p], px, py, pz, nx, ny, nz,
-                                 seed + p % 97, night)
-        facing = max(0.0, -(nx * dx + ny * dy + nz * dz))
-        if night:
-            # street lamps and the ego vehicle's headlights: light falls off with distance
-            light = ambient + 1.1 * (0.3 + 0.7 * facing) / (1.0 + (d / 14.0) ** 2)
+            r = sky_low[0] + (sky_high[0] - sky_low[0]) * t
+            g = sky_low[1] + (sky_high[1] - sky_low[1]) * t
+            b = sky_low[2] + (sky_high[2] - sky_low[2]) * t
+            d = 300.0
         else:
-            diffuse = max(0.0, nx * sun[0] + ny * sun[1] + nz * sun[2])
-            light = ambient + (1.0 - ambient) * diffuse + 0.12 * (0.5 + 0.5 * nz)
-            if texture[p] == w.TEX_VEHICLE:
-                # glossy paint: a highlight where the sun reflects towards the camera
-                dot = nx * sun[0] + ny * sun[1] + nz * sun[2]
-                rx, ry, rz = 2 * dot * nx - sun[0], 2 * dot * ny - sun[1], 2 * dot * nz - sun[2]
-                spec = max(0.0, -(rx * dx + ry * dy + rz * dz)) ** 24
-                light += 0.8 * spec
-        out[i, 0] = r * light + emit * 1.0
-        out[i, 1] = g * light + emit * 0.85
-        out[i, 2] = b * light + emit * 0.5
+            d = min(distance[i], 300.0)
+            px, py, pz = origin[0] + d * dx, origin[1] + d * dy, origin[2] + d * dz
+            nx, ny, nz = normals[i, 0], normals[i, 1], normals[i, 2]
+            r, g, b, emit = _texture(texture[p], params[p], color[p], color2[p], tex[p], px, py, pz, nx, ny, nz,
+                                     seed + p % 97, night)
+            facing = max(0.0, -(nx * dx + ny * dy + nz * dz))
+            if night:
+                # street lamps and the ego vehicle's headlights: light falls off with distance
+                light = ambient + 0.9 * (0.3 + 0.7 * facing) / (1.0 + (d / 11.0) ** 2)
+            else:
+                diffuse = max(0.0, nx * sun[0] + ny * sun[1] + nz * sun[2])
+                light = ambient + (1.0 - ambient) * diffuse + 0.12 * (0.5 + 0.5 * nz)
+                if texture[p] == w.TEX_VEHICLE:
+                    # glossy paint: a highlight where the sun reflects towards the camera
+                    dot = nx * sun[0] + ny * sun[1] + nz * sun[2]
+                    rx, ry, rz = 2 * dot * nx - sun[0], 2 * dot * ny - sun[1], 2 * dot * nz - sun[2]
+                    light += 0.8 * max(0.0, -(rx * dx + ry * dy + rz * dz)) ** 24
+            r = r * light + emit
+            g = g * light + emit * 0.85
+            b = b * light + emit * 0.5
+        if rain:
+            fog = 1.0 - math.exp(-d / 55.0)
+            gray = (r + g + b) / 3.0
+            r = (0.6 * r + 0.4 * gray) * (1 - fog) + 0.6 * fog
+            g = (0.6 * g + 0.4 * gray) * (1 - fog) + 0.6 * fog
+            b = (0.6 * b + 0.4 * gray) * (1 - fog) + 0.6 * fog
+        elif not night:
+            haze = 1.0 - math.exp(-d / 400.0)
+            r = r * (1 - haze) + 0.8 * haze
+            g = g * (1 - haze) + 0.8 * haze
+            b = b * (1 - haze) + 0.8 * haze
+        # sensor noise: approximately Gaussian (sum of two uniforms), independent per pixel and channel
+        for c in range(3):
+            value = (r, g, b)[c]
+            u = _hash(i, c, 0, noise_seed) + _hash(i, c, 1, noise_seed) - 1.0
+            value = min(1.0, max(0.0, value + noise_sigma * 2.449 * u)) ** (1 / 1.1)
+            out[i, c] = np.uint8(value * 255.0 + 0.5)
 
 
-def shade(origin: np.ndarray, directions: np.ndarray, distance: np.ndarray, prim: np.ndarray, normals: np.ndarray,
-          world: World, conditions: SceneConditions) -> np.ndarray:
-    """Linear colour of each camera ray.
+def render_image(origin: np.ndarray, directions: np.ndarray, distance: np.ndarray, prim: np.ndarray,
+                 normals: np.ndarray, world: World, conditions: SceneConditions, image_hw: tuple[int, int],
+                 rng: np.random.Generator) -> np.ndarray:
+    """The camera image of already cast rays: texture, light, sky, haze or rain fog, rain streaks, noise.
 
     Parameters
     ----------
     origin : (3,) ray origin (street frame).
-    directions : (R, 3) unit directions (street frame).
+    directions : (H * W, 3) unit directions (street frame), row-major.
     distance, prim, normals : the ray cast's output (see :func:`slidr.data.synth.raycast.cast_rays`).
     world : World
     conditions : SceneConditions (sun, rain, night)
+    image_hw : (H, W)
+    rng : the frame's random generator (noise and rain streaks).
 
     Returns
     -------
-    (R, 3) float32 colours, about [0, 1].
+    (H, W, 3) uint8 image.
     """
     sun_global = np.array([math.cos(conditions.sun_elevation) * math.cos(conditions.sun_azimuth),
                            math.cos(conditions.sun_elevation) * math.sin(conditions.sun_azimuth),
                            math.sin(conditions.sun_elevation)])
     sun = np.linalg.inv(world.street_to_global[:3, :3]) @ sun_global
     if conditions.night:
-        sky_low, sky_high, ambient = (0.05, 0.05, 0.09), (0.01, 0.01, 0.03), 0.05
+        sky_low, sky_high, ambient, sigma = (0.05, 0.05, 0.09), (0.01, 0.01, 0.03), 0.05, 0.035
     elif conditions.rain:
-        sky_low, sky_high, ambient = (0.62, 0.64, 0.66), (0.5, 0.52, 0.55), 0.55
+        sky_low, sky_high, ambient, sigma = (0.62, 0.64, 0.66), (0.5, 0.52, 0.55), 0.55, 0.015
         sun = sun * 0.35
     else:
-        sky_low, sky_high, ambient = (0.78, 0.84, 0.9), (0.35, 0.55, 0.85), 0.38
-    out = np.empty((directions.shape[0], 3), dtype=np.float32)
+        sky_low, sky_high, ambient, sigma = (0.78, 0.84, 0.9), (0.35, 0.55, 0.85), 0.38, 0.012
+    out = np.empty((directions.shape[0], 3), dtype=np.uint8)
     _shade_kernel(np.asarray(origin, dtype=np.float64), directions, distance, prim, normals, world.params,
                   world.color, world.color2, world.texture, world.tex, sun, np.array(sky_low), np.array(sky_high),
-                  ambient, conditions.night, conditions.seed % 100000, out)
-    return out
-
-
-def finish_image(linear: np.ndarray, distance: np.ndarray, conditions: SceneConditions,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Haze or rain fog, rain streaks, sensor noise and 8-bit quantisation.
-
-    Parameters
-    ----------
-    linear : (H, W, 3) float32 shaded colours.
-    distance : (H, W) hit distances (inf for sky).
-    conditions : SceneConditions
-    rng : the frame's random generator.
-
-    Returns
-    -------
-    (H, W, 3) uint8 image.
-    """
-    image = linear
-    depth = np.minimum(distance, 300.0)[..., None].astype(np.float32)
+                  ambient, conditions.night, conditions.rain, conditions.seed % 100000, int(rng.integers(2**31)),
+                  sigma, out)
+    image = out.reshape(*image_hw, 3)
     if conditions.rain:
-        fog = 1.0 - np.exp(-depth / 55.0)
-        image = image * (1 - fog) + np.float32(0.6) * fog
-        gray = image.mean(axis=2, keepdims=True)
-        image = 0.6 * image + 0.4 * gray
         _rain_streaks(image, rng)
-    elif not conditions.night:
-        haze = 1.0 - np.exp(-depth / 400.0)
-        image = image * (1 - haze) + np.float32(0.8) * haze
-    sigma = 0.035 if conditions.night else 0.012
-    image = image + rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
-    image = np.clip(image, 0.0, 1.0) ** (1 / 1.1)
-    return (image * 255.0 + 0.5).astype(np.uint8)
+    return image
 
 
 def _rain_streaks(image: np.ndarray, rng: np.random.Generator) -> None:
-    """Short bright slanted streaks, drawn in place."""
+    """Short bright slanted streaks, drawn in place on a uint8 image."""
     height, width = image.shape[:2]
     count = height * width // 400
     length = max(4, height // 30)
     rows = rng.integers(0, height - length, count)
     cols = rng.integers(0, width - length // 3, count)
     for step in range(length):
-        image[rows + step, cols + step // 3] = image[rows + step, cols + step // 3] * 0.6 + 0.35
+        patch = image[rows + step, cols + step // 3].astype(np.float32)
+        image[rows + step, cols + step // 3] = (patch * 0.6 + 90.0).astype(np.uint8)
 
 
 def lidar_returns(distance: np.ndarray, prim: np.ndarray, normals: np.ndarray, directions: np.ndarray,

@@ -162,42 +162,14 @@ def lidar_rays(spec: LidarSpec) -> tuple[np.ndarray, np.ndarray]:
 def camera_rays(intrinsic: np.ndarray, width: int, height: int) -> np.ndarray:
     """Unit directions in the camera frame through each pixel centre, row-major.
 
-    Pixel ``(row, col)`` covers image coordinates ``[col, col + 1) x [row, row + 1)``, so a point that projects to
-    ``(u, v)`` lies in pixel ``(floor(v), floor(u))``.
+    Pixel ``(row, col)`` is centred on image coordinates ``(u, v) = (col, row)``, so a point that projects to
+    ``(u, v)`` lies in pixel ``(round(v), round(u))``, the convention of :mod:`slidr.data.projection`.
 
     Returns
     -------
     (height * width, 3) float64
     """
-    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    cols, rows = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
     pixels = np.stack([cols.ravel(), rows.ravel(), np.ones(cols.size)], axis=1)
     directions = pixels @ np.linalg.inv(intrinsic).T
     return directions / np.linalg.norm(directions, axis=1, keepdims=True)
-
-
-def project_to_image(points: np.ndarray, lidar_to_camera: np.ndarray, intrinsic: np.ndarray, width: int,
-                     height: int, min_depth: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lidar points that land in the image, with the devkit's rule (depth > min_depth, 1-pixel border).
-
-    Parameters
-    ----------
-    points : (N, 3) lidar-frame coordinates.
-    lidar_to_camera : (4, 4)
-    intrinsic : (3, 3)
-    width, height : image size in pixels.
-    min_depth : float
-
-    Returns
-    -------
-    index : (M,) int64 indices into ``points``.
-    pixel_rc : (M, 2) int64 (row, col) = floor of the projection.
-    depth : (M,) float64 camera depth of each kept point.
-    """
-    cam = points @ lidar_to_camera[:3, :3].T + lidar_to_camera[:3, 3]
-    depth = cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = (cam @ intrinsic.T)[:, :2] / depth[:, None]
-    keep = (depth > min_depth) & (uv[:, 0] > 1) & (uv[:, 0] < width - 1) & (uv[:, 1] > 1) & (uv[:, 1] < height - 1)
-    index = np.flatnonzero(keep)
-    pixel_rc = np.floor(uv[index][:, ::-1]).astype(np.int64)
-    return index, pixel_rc, depth[index]

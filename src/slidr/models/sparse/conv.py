@@ -44,13 +44,25 @@ class _Workspace(threading.local):
 _workspace = _Workspace()
 
 
-def _groups(kernel_map: KernelMap):
-    """(kernel index, slice of the pair list) of each non-empty group."""
-    start = 0
+# Consecutive kernel-offset groups are gathered and scattered together up to this many values per chunk: few
+# calls where levels are small, cache-sized scratch rows where they are large.
+_CHUNK_VALUES = 1 << 20
+
+
+def _chunks(kernel_map: KernelMap, channels: int):
+    """Yield (pair slice, [(kernel index, slice within the chunk)]) over the non-empty groups of a map."""
+    limit = max(_CHUNK_VALUES // max(channels, 1), 1)
+    members, chunk_start, start = [], 0, 0
     for kernel, size in zip(kernel_map.group_kernels, kernel_map.group_sizes):
-        if size:
-            yield kernel, slice(start, start + size)
+        if size == 0:
+            continue
+        if members and start + size - chunk_start > limit:
+            yield slice(chunk_start, start), members
+            members, chunk_start = [], start
+        members.append((kernel, slice(start - chunk_start, start - chunk_start + size)))
         start += size
+    if members:
+        yield slice(chunk_start, start), members
 
 
 def _gather(source: torch.Tensor, index: torch.Tensor, slot: str) -> torch.Tensor:
@@ -76,8 +88,9 @@ def _accumulate(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor, is
 class SparseConvFunction(torch.autograd.Function):
     """``out[o] = sum over pairs (i, o, k) of in[i] @ weight[k]`` for a :class:`KernelMap`; weight (K, Cin, Cout).
 
-    Each kernel offset's group is processed on its own (gather its rows, one matmul, scatter-add), so the scratch
-    rows stay small; only the inputs, the weight and the map are saved for backward.
+    Pairs are processed in chunks of consecutive kernel-offset groups (gather the chunk's rows, one matmul per
+    offset, one scatter-add), so the scratch rows stay small; only the inputs, the weight and the map are saved
+    for backward.
     """
 
     @staticmethod
@@ -89,10 +102,12 @@ class SparseConvFunction(torch.autograd.Function):
             base = feats @ weight[kernel_map.identity_kernel]
         out = _new_output(kernel_map, kernel_map.num_out, base, feats, weight.shape[2],
                           kernel_map.out_is_permutation)
-        for kernel, pairs in _groups(kernel_map):
+        out_channels = weight.shape[2]
+        for pairs, members in _chunks(kernel_map, max(feats.shape[1], out_channels)):
             rows = _gather(feats, kernel_map.in_index[pairs], "gather")
-            products = torch.mm(rows, weight[kernel], out=_workspace.rows("product", rows.shape[0],
-                                                                            weight.shape[2], feats))
+            products = _workspace.rows("product", rows.shape[0], out_channels, feats)
+            for kernel, part in members:
+                torch.mm(rows[part], weight[kernel], out=products[part])
             _accumulate(out, kernel_map.out_index[pairs], products, kernel_map.out_is_permutation)
         return out
 
@@ -113,16 +128,18 @@ class SparseConvFunction(torch.autograd.Function):
             base = grad_out @ weight[centre].t() if centre is not None else None
             grad_feats = _new_output(kernel_map, kernel_map.num_in, base, feats, feats.shape[1],
                                      kernel_map.in_is_permutation)
-        for kernel, pairs in _groups(kernel_map):
+        for pairs, members in _chunks(kernel_map, max(feats.shape[1], grad_out.shape[1])):
             in_index = kernel_map.in_index[pairs]
             grad_rows = _gather(grad_out, kernel_map.out_index[pairs], "grad_rows")
             if need_weight:
                 rows = _gather(feats, in_index, "gather")
-                # a kernel index occurs in one group only, so its gradient is written, not accumulated
-                torch.mm(rows.t(), grad_rows, out=grad_weight[kernel])
+                for kernel, part in members:
+                    # a kernel index occurs in one group only, so its gradient is written, not accumulated
+                    torch.mm(rows[part].t(), grad_rows[part], out=grad_weight[kernel])
             if need_feats:
-                products = torch.mm(grad_rows, weight[kernel].t(),
-                                    out=_workspace.rows("product", grad_rows.shape[0], feats.shape[1], feats))
+                products = _workspace.rows("product", grad_rows.shape[0], feats.shape[1], feats)
+                for kernel, part in members:
+                    torch.mm(grad_rows[part], weight[kernel].t(), out=products[part])
                 _accumulate(grad_feats, in_index, products, kernel_map.in_is_permutation)
         return grad_feats, grad_weight, None
 

@@ -145,12 +145,14 @@ def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
     return [(i - r, j - r, l - r) for i in span for j in span for l in span]
 
 
-def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 3) -> KernelMap:
+def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 3,
+                    sorted_keys: Optional[torch.Tensor] = None, order: Optional[torch.Tensor] = None) -> KernelMap:
     """Kernel map of a submanifold convolution (output sites = input sites) with an odd cubic kernel.
 
     Only the offsets after the centre in weight order are searched; each found pair ``(i, j)`` of offset ``o``
     (``j`` is ``i``'s neighbour at ``+o``) is also the pair ``(j, i)`` of offset ``-o``, so the other half of the
-    map is the mirrored first half.
+    map is the mirrored first half. Offsets that differ only in z have consecutive keys, so one binary search per
+    (x, y) column of the kernel finds its lowest cell and the others are among the next few sorted keys.
 
     Parameters
     ----------
@@ -160,23 +162,39 @@ def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 
         The packing that produced ``keys``.
     kernel_size : int
         Odd kernel width (3 in SR-UNet; 1 gives a point-wise map).
+    sorted_keys, order : torch.Tensor, optional
+        ``torch.sort(keys)`` when already known (``order`` None: ``keys`` are sorted).
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"submanifold convolution needs an odd kernel size, got {kernel_size}")
     num = keys.shape[0]
     offsets = kernel_offsets(kernel_size)
     centre = len(offsets) // 2
-    half = offsets[centre + 1:]
     empty = torch.zeros(0, dtype=torch.int64, device=keys.device)
-    if not half or num == 0:
+    if kernel_size == 1 or num == 0:
         return KernelMap(empty, empty, [], [], num, num, identity_kernel=centre)
-    sorted_keys, order = torch.sort(keys)
-    deltas = torch.tensor([packing.delta(o) for o in half], dtype=torch.int64, device=keys.device)
-    queries = keys.unsqueeze(0) + deltas.unsqueeze(1)  # (H, V)
-    position = torch.searchsorted(sorted_keys, queries).clamp_(max=num - 1)
-    found = sorted_keys[position] == queries
+    if sorted_keys is None:
+        sorted_keys, order = torch.sort(keys)
+    r = kernel_size // 2
+    columns = [(dx, dy) for dx in range(-r, r + 1) for dy in range(-r, r + 1) if (dx, dy) >= (0, 0)]
+    lowest = torch.tensor([packing.delta((dx, dy, -r)) for dx, dy in columns], device=keys.device)
+    base = keys.unsqueeze(0) + lowest.unsqueeze(1)  # (C, V): key of the lowest-z cell of each column
+    start = torch.searchsorted(sorted_keys, base)
+    # the keys base + dz_index (dz_index < kernel_size) sit at sorted positions start .. start + kernel_size - 1
+    at = start.unsqueeze(1) + torch.arange(kernel_size, device=keys.device).view(1, -1, 1)  # (C, k, V)
+    dz_index = sorted_keys[at.clamp(max=num - 1)] - base.unsqueeze(1)
+    dz_index = torch.where((dz_index < kernel_size) & (at < num), dz_index, kernel_size)  # row k: not a neighbour
+    found = torch.zeros(len(columns), kernel_size + 1, num, dtype=torch.bool, device=keys.device)
+    found.scatter_(1, dz_index, True)
+    positions = torch.empty(len(columns), kernel_size + 1, num, dtype=torch.int64, device=keys.device)
+    positions.scatter_(1, dz_index, at)
+    # rows in weight order; the first column is (0, 0), of which only the z-offsets above the centre are wanted
+    found = found[:, :kernel_size].reshape(-1, num)[r + 1:]
+    positions = positions[:, :kernel_size].reshape(-1, num)[r + 1:]
     group, site = found.nonzero(as_tuple=True)  # row-major: grouped by offset, sites ascending
-    neighbour = order[position[group, site]]
+    neighbour = positions[group, site]
+    if order is not None:
+        neighbour = order[neighbour]
     sizes = found.sum(dim=1).tolist()
     forward_kernels = list(range(centre + 1, len(offsets)))
     mirrored_kernels = [len(offsets) - 1 - k for k in forward_kernels]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -18,6 +18,8 @@ class Level:
     coords: torch.Tensor  # (V, 4) int32 [batch, x, y, z]
     keys: torch.Tensor  # (V,) int64
     packing: KeyPacking
+    sorted_keys: torch.Tensor  # (V,) int64 ascending
+    order: Optional[torch.Tensor]  # (V,) int64 with keys[order] = sorted_keys; None when keys are sorted
 
 
 class CoordinateCache:
@@ -47,10 +49,11 @@ class CoordinateCache:
             raise SlidrError(f"sparse coordinates have a negative batch index ({low[0]})")
         packing = KeyPacking.covering(low[1:], high[1:], high[0] + 1)
         keys = packing.pack(coords)
-        if torch.unique(keys).shape[0] != keys.shape[0]:
+        sorted_keys, order = torch.sort(keys)
+        if bool((sorted_keys[1:] == sorted_keys[:-1]).any()):
             raise SlidrError("sparse coordinates contain duplicate sites; voxelize so that each site occurs once")
         self.batch_size = high[0] + 1
-        self.levels: dict[int, Level] = {1: Level(coords, keys, packing)}
+        self.levels: dict[int, Level] = {1: Level(coords, keys, packing, sorted_keys, order)}
         self.maps: dict[tuple[str, int, int], KernelMap] = {}
         # Backend-specific state (e.g. spconv's index pairs), keyed by the backend's own names.
         self.extras: dict[str, Any] = {}
@@ -68,7 +71,7 @@ class CoordinateCache:
         key = ("submanifold", stride, kernel_size)
         if key not in self.maps:
             level = self.level(stride)
-            self.maps[key] = submanifold_map(level.keys, level.packing, kernel_size)
+            self.maps[key] = submanifold_map(level.keys, level.packing, kernel_size, level.sorted_keys, level.order)
         return self.maps[key]
 
     def downsample_map(self, stride: int) -> KernelMap:
@@ -78,7 +81,7 @@ class CoordinateCache:
             fine = self.level(stride)
             packing = fine.packing.coarser()
             coords, keys, kernel_map = downsample_map(fine.coords, packing)
-            self.levels[2 * stride] = Level(coords, keys, packing)
+            self.levels[2 * stride] = Level(coords, keys, packing, keys, None)  # unique() sorted them
             self.maps[key] = kernel_map
         return self.maps[key]
 

@@ -1,0 +1,242 @@
+"""``slidr bench sparse``: forward+backward of the SR-UNet, plain-PyTorch engine against spconv, side by side.
+
+Same scans, same network, same weights, same upstream gradient; one training step = building the batch's
+coordinate levels and kernel maps (as every new batch does), forward, backward. spconv's CPU build is only
+correct with one thread, so it is timed at one thread only; the engine is timed at every requested thread count.
+Runs of the two backends alternate and the minimum over repeats is reported (the median too): on a shared
+machine the minimum is the least disturbed run.
+
+Scans: by default lidar-like ring scans (64 beams over a ground plane and walls/objects of random range and
+height, range noise), voxelized cylindrically (0.1 m x 1 deg x 0.1 m) and cropped by range to ``--voxels`` sites;
+``--points FILE`` uses a real lidar file instead (e.g. a nuScenes ``.pcd.bin``; rotated copies for batch > 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slidr.bench import BenchResult, peak_memory_mb
+from slidr.config import BackboneConfig
+from slidr.data.voxelize import voxelize
+from slidr.models.sparse import SparseTensor
+from slidr.models.sparse.spconv_backend import spconv_available, use_backend
+from slidr.models.unet import PRESETS, build_backbone
+from slidr.utils.progress import progress
+
+NAME = "sparse"
+HELP = "SR-UNet forward+backward: plain-PyTorch sparse engine vs spconv (time, memory, agreement)"
+
+SENSOR_HEIGHT = 1.8
+MAX_RANGE = 70.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--network", default="minkunet34", choices=list(PRESETS), help="backbone (default minkunet34)")
+    parser.add_argument("--voxels", type=int, default=30_000, help="voxels per scan (default 30000)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="scans per batch (default 1 4)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (default 1 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per setting and backend (default 3)")
+    parser.add_argument("--points", type=Path, default=None, help="a lidar .bin file instead of synthetic scans")
+    parser.add_argument("--dims", type=int, default=5, help="float32 values per point in --points (default 5)")
+    parser.add_argument("--no-spconv", action="store_true", help="time the plain-PyTorch engine only")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def ring_scan(seed: int, beams: int = 64, steps: int = 900) -> np.ndarray:
+    """A lidar-like scan (N, 3): rings of ``beams`` elevations from -30 to +10 deg, ``steps`` azimuths.
+
+    Rays hit a ground plane ``SENSOR_HEIGHT`` below the sensor or, where nearer, one of 60 azimuth sectors of
+    random range (5-45 m) and height (1-12 m); ranges get 2 cm noise and are cut at ``MAX_RANGE``.
+    """
+    rng = np.random.default_rng(seed)
+    elevation = np.radians(np.linspace(-30.0, 10.0, beams))
+    azimuth = np.radians(np.arange(steps) * 360.0 / steps) + rng.normal(0.0, 1e-3, steps)
+    edges = np.sort(rng.uniform(0.0, 2 * np.pi, 60))
+    sector = np.searchsorted(edges, azimuth) % 60
+    wall_range = rng.uniform(5.0, 45.0, 60)[sector]
+    wall_height = rng.uniform(1.0, 12.0, 60)[sector]
+    slope = np.tan(elevation)[:, None]
+    ground_range = np.where(slope < 0, SENSOR_HEIGHT / np.maximum(-slope, 1e-6), np.inf)
+    hits_wall = slope * wall_range[None] < wall_height[None] - SENSOR_HEIGHT
+    horizontal = np.where(hits_wall, np.minimum(ground_range, wall_range[None]), ground_range)
+    horizontal = np.minimum(horizontal, MAX_RANGE) + rng.normal(0.0, 0.02, horizontal.shape)
+    keep = horizontal < MAX_RANGE - 0.1
+    x = horizontal * np.cos(azimuth)[None]
+    y = horizontal * np.sin(azimuth)[None]
+    z = horizontal * slope
+    return np.stack((x[keep], y[keep], z[keep]), axis=1)
+
+
+def _nearest_voxels(points: np.ndarray, count: int) -> np.ndarray:
+    """Cylindrical voxel coordinates (V, 3) of a scan, the ``count`` nearest to the sensor (all if fewer)."""
+    coords, _, _ = voxelize(points, "cylindrical", 0.1, 1.0)
+    order = np.argsort(coords[:, 0], kind="stable")  # coords[:, 0] is the range bin
+    return coords[np.sort(order[:count])]
+
+
+def make_scans(args: argparse.Namespace, batch_size: int) -> list[np.ndarray]:
+    """Voxel coordinates (V, 3) int32 of each scan of a batch."""
+    if args.points is not None:
+        from slidr.data.io import read_points
+
+        points = read_points(args.points, args.dims).points[:, :3]
+        scans = []
+        for b in range(batch_size):
+            angle = np.radians(37.0 * b)  # rotated copies: different voxels, same scene statistics
+            rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+            scans.append(_nearest_voxels(points @ rotation.T, args.voxels))
+        return scans
+    scans = []
+    for b in range(batch_size):
+        steps = 600
+        coords = _nearest_voxels(ring_scan(args.seed + b, steps=steps), args.voxels)
+        while coords.shape[0] < args.voxels and steps < 20_000:
+            steps = int(steps * 1.25)
+            coords = _nearest_voxels(ring_scan(args.seed + b, steps=steps), args.voxels)
+        scans.append(coords)
+    return scans
+
+
+def batch_coords(scans: list[np.ndarray]) -> torch.Tensor:
+    """(sum V, 4) int32 ``[batch, x, y, z]`` of a list of scans."""
+    rows = [np.concatenate((np.full((len(c), 1), b, np.int32), c.astype(np.int32)), axis=1) for b, c in enumerate(scans)]
+    return torch.from_numpy(np.concatenate(rows))
+
+
+class _Step:
+    """One training step of a model on fixed inputs with a fixed upstream gradient."""
+
+    def __init__(self, model: torch.nn.Module, coords: torch.Tensor, feats: torch.Tensor, probe: torch.Tensor):
+        self.model, self.coords, self.feats, self.probe = model, coords, feats, probe
+
+    def __call__(self) -> torch.Tensor:
+        self.model.zero_grad(set_to_none=True)
+        out = self.model(SparseTensor(self.coords, self.feats))
+        (out * self.probe).sum().backward()
+        return out.detach()
+
+
+def _timed_both(fn) -> tuple[float, float]:
+    """Wall time and this process's CPU time of ``fn()`` (at one thread, CPU time is what others' load spares)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _peak_mb(fn) -> float:
+    """Peak extra memory of ``fn()``; glibc's freed-but-kept heap is returned to the system first, otherwise a
+    step reusing the previous step's memory would show no growth in resident size."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the measure may under-count reused memory
+        pass
+    return peak_memory_mb(fn)
+
+
+def _map_and_forward_times(model: torch.nn.Module, coords: torch.Tensor, feats: torch.Tensor,
+                           repeats: int) -> tuple[float, float]:
+    """Minimum CPU time (one thread) to build every level and kernel map of a batch, and of a forward reusing
+    the built maps."""
+    levels = len(PRESETS["minkunet34"].planes) // 2
+
+    def build_maps():
+        cache = SparseTensor(coords, feats).cache
+        for level in range(levels + 1):
+            cache.submanifold_map(2**level)
+
+    def forward():
+        with torch.no_grad():
+            model(built)
+
+    built = SparseTensor(coords, feats)
+    with torch.no_grad():
+        model(built)  # builds the maps once
+    map_times = [_timed_both(build_maps)[1] for _ in range(repeats)]
+    forward_times = [_timed_both(forward)[1] for _ in range(repeats)]
+    return min(map_times), min(forward_times)
+
+
+def run(args: argparse.Namespace) -> BenchResult:
+    threads_before = torch.get_num_threads()
+    torch.manual_seed(args.seed)
+    with_spconv = spconv_available() and not args.no_spconv
+    notes = []
+    if not with_spconv:
+        notes.append("spconv not installed (or --no-spconv): engine timings only")
+    model = build_backbone(BackboneConfig(name=args.network, in_channels=1, out_channels=64))
+    reference = use_backend(copy.deepcopy(model), "spconv") if with_spconv else None
+
+    rows, settings = [], []
+    data: dict = {"network": args.network, "voxels_per_scan": None, "repeats": args.repeats,
+                  "parameters": sum(p.numel() for p in model.parameters())}
+    plan = [(t, b) for b in args.batch_sizes for t in args.threads]
+    batches = {}
+    try:
+        for threads, batch_size in progress(plan, desc="bench sparse", unit="setting"):
+            torch.set_num_threads(threads)
+            if batch_size not in batches:
+                scans = make_scans(args, batch_size)
+                coords = batch_coords(scans)
+                generator = torch.Generator().manual_seed(args.seed)
+                feats = torch.rand(coords.shape[0], 1, generator=generator)
+                probe = torch.randn(coords.shape[0], 64, generator=generator)
+                batches[batch_size] = (scans, coords, feats, probe)
+            scans, coords, feats, probe = batches[batch_size]
+            data["voxels_per_scan"] = data["voxels_per_scan"] or [len(s) for s in scans]
+            ours = _Step(model, coords, feats, probe)
+            theirs = _Step(reference, coords, feats, probe) if reference is not None and threads == 1 else None
+            ours()  # warm-up (first-touch allocations, lazy inits)
+            if theirs is not None:
+                theirs()
+            times_ours, times_theirs, cpu_ours, cpu_theirs = [], [], [], []
+            for _ in range(args.repeats):  # alternate, so both see the same machine load
+                wall, cpu = _timed_both(ours)
+                times_ours.append(wall)
+                cpu_ours.append(cpu)
+                if theirs is not None:
+                    wall, cpu = _timed_both(theirs)
+                    times_theirs.append(wall)
+                    cpu_theirs.append(cpu)
+            setting = {"threads": threads, "batch": batch_size, "voxels": int(coords.shape[0]),
+                       "slidr_fwd_bwd_s": min(times_ours), "slidr_median_s": statistics.median(times_ours),
+                       "slidr_cpu_s": min(cpu_ours),
+                       "spconv_fwd_bwd_s": min(times_theirs) if times_theirs else None,
+                       "spconv_median_s": statistics.median(times_theirs) if times_theirs else None,
+                       "spconv_cpu_s": min(cpu_theirs) if cpu_theirs else None}
+            if times_theirs:
+                setting["speedup_vs_spconv"] = setting["spconv_fwd_bwd_s"] / setting["slidr_fwd_bwd_s"]
+                setting["cpu_speedup_vs_spconv"] = setting["spconv_cpu_s"] / setting["slidr_cpu_s"]
+            if threads == 1:
+                setting["slidr_peak_mb"] = _peak_mb(ours)
+                if theirs is not None:
+                    setting["spconv_peak_mb"] = _peak_mb(theirs)
+                    a, b = ours(), theirs()
+                    setting["max_rel_err_vs_spconv"] = ((a - b).abs().max() / b.abs().max()).item()
+                map_s, forward_s = _map_and_forward_times(model, coords, feats, args.repeats)
+                setting.update(map_build_s=map_s, forward_s=forward_s, map_fraction_of_forward=map_s / forward_s)
+            settings.append(setting)
+            rows.append({key: setting.get(key) for key in (
+                "threads", "batch", "voxels", "slidr_fwd_bwd_s", "spconv_fwd_bwd_s", "speedup_vs_spconv",
+                "cpu_speedup_vs_spconv",
+                "slidr_peak_mb", "spconv_peak_mb", "max_rel_err_vs_spconv", "map_fraction_of_forward")})
+    finally:
+        torch.set_num_threads(threads_before)
+
+    headline = next((s for s in settings if s["threads"] == 1 and s["batch"] == 1), None)
+    for key in ("slidr_fwd_bwd_s", "spconv_fwd_bwd_s", "slidr_peak_mb", "max_rel_err_vs_spconv"):
+        data[key] = headline.get(key) if headline else None
+    data["settings"] = settings
+    if with_spconv:
+        import spconv
+
+        data["spconv_version"] = getattr(spconv, "__version__", None)
+        notes.append("spconv is timed at 1 thread only: its CPU build gives wrong results with more threads")
+    return BenchResult(rows=rows, data=data, notes=notes)

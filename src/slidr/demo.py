@@ -1,0 +1,251 @@
+"""``slidr demo``: SLidR end to end on the embedded synthetic world, on a CPU.
+
+Stages: (1) generate the synthetic world if absent and index it, (2) SLIC superpixels, (3) pretrain with SLidR
+and with PPKT† (small CPU configs in ``configs/demo/``), (4) linear probing of SLidR, PPKT† and a randomly
+initialised network, (5) evaluation: one folder with the comparison table (markdown + JSON), the per-class bar
+chart, the pretraining loss curves, a similarity map and a k-NN frame, and ``results.json``.
+
+Honesty rules built in: pretraining and probe training use ``train_split``, the scores are measured on
+``eval_split`` only (tune on the ``parametrizing`` / ``verifying`` splits, never on ``val``); the per-pixel class
+maps of the synthetic world are never read (only the lidar labels, by the probe and the evaluation); the image
+teacher's origin (random init or a weights file) is written into ``results.json``. Every stage that finished is
+reused when the demo runs again with the same output folder (the world, its superpixels, pretrained files, probe
+runs), so an interrupted demo resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from slidr.config import DemoConfig, DownstreamConfig, PretrainConfig, load_config, to_dict
+from slidr.errors import SlidrError
+from slidr.utils.io import write_json
+from slidr.utils.log import logger
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml"
+PROBE_RUNS = ("slidr", "ppkt", "random")
+DISPLAY_NAMES = {"slidr": "SLidR", "ppkt": "PPKT†", "random": "Random init."}
+STAGES = 6
+
+
+def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
+             pretrain_overrides: Sequence[str] = (), probe_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Run every stage into ``out`` and return what ``out/results.json`` holds.
+
+    Parameters
+    ----------
+    out : results folder.
+    config : demo config (default ``configs/demo/demo.yaml`` of the source tree).
+    overrides : dotted overrides of the demo config (e.g. ``scenes=4``).
+    pretrain_overrides, probe_overrides : dotted overrides applied to both pretraining configs / the probe config
+        (e.g. ``trainer.epochs=1``).
+    """
+    start = time.perf_counter()
+    config_path = Path(config) if config is not None else DEFAULT_CONFIG
+    cfg = load_config(DemoConfig, config_path, overrides)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def stage(number: int, text: str) -> float:
+        logger.info("[%d/%d] %s", number, STAGES, text)
+        return time.perf_counter()
+
+    began = stage(1, f"synthetic world in {cfg.world}")
+    index_path = prepare_world(cfg)
+    timings["world_s"] = time.perf_counter() - began
+
+    pretrain_cfgs = {method: load_config(PretrainConfig, config_path.parent / path,
+                                         [f"data.index={index_path}", f"data.train_split={cfg.train_split}",
+                                          *pretrain_overrides])
+                     for method, path in cfg.pretrain.items()}
+    began = stage(2, "superpixels")
+    superpixels = compute_superpixels(index_path, pretrain_cfgs.values(), cfg.workers)
+    timings["superpixels_s"] = time.perf_counter() - began
+
+    pretrained: dict[str, Path] = {}
+    pretrain_summaries: dict[str, dict] = {}
+    for method, pretrain_cfg in pretrain_cfgs.items():
+        began = stage(3, f"pretraining {DISPLAY_NAMES.get(method, method)} ({pretrain_cfg.trainer.epochs} epoch(s))")
+        pretrained[method], pretrain_summaries[method] = pretrain(pretrain_cfg, out / f"pretrain-{method}")
+        timings[f"pretrain_{method}_s"] = time.perf_counter() - began
+
+    evaluations: dict[str, dict] = {}
+    backbone = next(iter(pretrain_cfgs.values())).backbone
+    for name in PROBE_RUNS:
+        if name != "random" and name not in pretrained:
+            continue
+        began = stage(4, f"linear probing of {DISPLAY_NAMES[name]}")
+        probe_cfg = load_config(DownstreamConfig, config_path.parent / cfg.probe,
+                                [f"data.index={index_path}", f"data.train_split={cfg.train_split}",
+                                 f"data.val_split={cfg.eval_split}", f"backbone.name={backbone.name}",
+                                 f"backbone.in_channels={backbone.in_channels}", *probe_overrides])
+        probe_cfg.mode = "probe"
+        probe_cfg.pretrained = str(pretrained[name]) if name != "random" else None
+        evaluations[name] = probe(probe_cfg, out / f"probe-{name}")
+        timings[f"probe_{name}_s"] = time.perf_counter() - began
+
+    began = stage(5, "results: table, charts")
+    from slidr.analysis.report import per_class_table, write_report
+
+    runs = {DISPLAY_NAMES[name]: evaluation for name, evaluation in evaluations.items()}
+    report = write_report(runs, out, stem="linear_probe",
+                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split), mIoU %")
+    curves = plot_pretraining_curves(pretrain_summaries, out / "pretraining_loss.png")
+    timings["report_s"] = time.perf_counter() - began
+
+    began = stage(6, "similarity map and k-NN label transfer")
+    analysis = run_analysis(cfg, pretrained.get("slidr"), index_path, out)
+    timings["analysis_s"] = time.perf_counter() - began
+
+    teacher = next(iter(pretrain_cfgs.values())).image
+    results = {
+        "linear_probe": {name: {"miou": e["miou"], "fwiou": e["fwiou"], "accuracy": e["accuracy"],
+                                "per_class": e["per_class"]} for name, e in evaluations.items()},
+        "pretraining": {method: {key: summary.get(key) for key in
+                                 ("initial_loss", "final_loss", "epoch_losses", "epochs", "scans_per_s")}
+                        for method, summary in pretrain_summaries.items()},
+        "teacher": {"encoder": teacher.encoder,
+                    "weights": teacher.weights or "none: randomly initialised, frozen (no labels, no ImageNet)"},
+        "world": {"path": str(Path(cfg.world).resolve()), "scenes": cfg.scenes, "frames": cfg.frames,
+                  "image_size": cfg.image_size, "train_split": cfg.train_split, "eval_split": cfg.eval_split},
+        "superpixels": superpixels,
+        "files": {"table": str(report["markdown"]), "table_json": str(report["json"]),
+                  "per_class_chart": str(report["chart"]), "pretraining_loss": str(curves), **analysis["files"]},
+        "analysis": analysis["results"],
+        "config": to_dict(cfg),
+        "stage_s": {key: round(value, 1) for key, value in timings.items()},
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    write_json(out / "results.json", results)
+    print()
+    print(per_class_table(runs), end="")
+    print(f"\nslidr demo finished in {results['wall_s']:.0f} s; results in {out.resolve()}")
+    return results
+
+
+def prepare_world(cfg: DemoConfig) -> Path:
+    """Generate the world (if absent) and its index; returns the index path."""
+    from slidr.data.index import prepare_nuscenes
+
+    world = Path(cfg.world)
+    index_path = world / "index.json"
+    if index_path.is_file():
+        logger.info("reusing %s", world)
+        return index_path.resolve()
+    if not (world / "synth_summary.json").is_file():
+        from slidr.data.synth import generate_world
+
+        generate_world(world, scenes=cfg.scenes, frames=cfg.frames, image_size=tuple(cfg.image_size),
+                       seed=cfg.seed, workers=cfg.workers)
+    summary = json.loads((world / "synth_summary.json").read_text())
+    version = summary.get("version", "v1.0-trainval")
+    prepare_nuscenes(world, version, index_path)
+    return index_path.resolve()
+
+
+def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[str, Any]:
+    """The superpixels the pretraining configs need (resumable: finished images are skipped)."""
+    from slidr.data.index import load_index
+    from slidr.data.superpixels import compute_index_superpixels, image_jobs, superpixel_dir
+
+    index = load_index(index_path)
+    reports = {}
+    for pretrain_cfg in pretrain_cfgs:
+        sp = pretrain_cfg.data.superpixels
+        if sp.method == "none" or not pretrain_cfg.loss.use_superpixels:
+            continue
+        folder = superpixel_dir(index_path, sp.method, sp.n_segments, sp.root)
+        if folder.name in reports:
+            continue
+        jobs = image_jobs(index.samples, index.root, pretrain_cfg.data.cameras)
+        reports[folder.name] = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, workers)
+    return {name: {key: report.get(key) for key in ("images", "computed", "segments_min", "segments_median",
+                                                    "segments_max")} for name, report in reports.items()}
+
+
+def pretrain(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict]:
+    """Pretrain into ``run_dir`` unless it already holds the exported file; returns it and the run's summary."""
+    from slidr.methods.checkpoint import CHECKPOINT_DIR, EXPORT_NAME, latest_checkpoint
+    from slidr.methods.pretrain import run_pretraining
+
+    exported, summary_path = run_dir / EXPORT_NAME, run_dir / "summary.json"
+    if exported.is_file() and summary_path.is_file():
+        logger.info("reusing %s", exported)
+    else:
+        run_pretraining(cfg, run_dir, resume=latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None)
+    return exported, json.loads(summary_path.read_text())
+
+
+def probe(cfg: DownstreamConfig, run_dir: Path) -> dict:
+    """Linear probing into ``run_dir`` unless it already holds an evaluation; returns the evaluation."""
+    from slidr.methods.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+    from slidr.methods.downstream import run_downstream
+
+    evaluation_path = run_dir / "evaluation.json"
+    if evaluation_path.is_file() and (run_dir / "summary.json").is_file():
+        logger.info("reusing %s", evaluation_path)
+        return json.loads(evaluation_path.read_text())
+    resume = latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
+    return run_downstream(cfg, run_dir, resume=resume)["evaluation"]
+
+
+def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:
+    """Epoch-mean pretraining loss of each method on one chart (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slidr.utils.io import atomic_path
+
+    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for method, summary in summaries.items():
+        losses = [value for value in summary.get("epoch_losses") or [] if value is not None]
+        if summary.get("initial_loss") is not None:
+            axis.plot([0] + list(range(1, len(losses) + 1)), [summary["initial_loss"], *losses], "o-",
+                      label=DISPLAY_NAMES.get(method, method))
+    axis.set_xlabel("epoch (0: start of the first epoch)")
+    axis.set_ylabel("contrastive loss")
+    axis.set_title("pretraining loss")
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+    return path
+
+
+def run_analysis(cfg: DemoConfig, pretrained: Optional[Path], index_path: Path, out: Path) -> dict[str, Any]:
+    """Similarity map and k-NN transfer on the first evaluation scene; failures are reported, not fatal."""
+    from slidr.analysis.knn import knn_sequence
+    from slidr.analysis.similarity import similarity_figure
+    from slidr.data.index import load_index
+
+    files: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    if pretrained is None:
+        return {"files": files, "results": {"skipped": "no SLidR pretraining in this demo"}}
+    index = load_index(index_path)
+    positions = index.sample_indices(cfg.eval_split)
+    scene = index.splits[cfg.eval_split][0]
+    try:
+        results["similarity"] = similarity_figure(pretrained, out / "similarity.png", index=str(index_path),
+                                                  sample=int(positions[0]), query_class="car", seed=cfg.seed)
+        files["similarity"] = str(out / "similarity.png")
+    except SlidrError as error:
+        logger.warning("warning: similarity map skipped: %s", error)
+        results["similarity"] = {"skipped": str(error)}
+    try:
+        knn = knn_sequence(pretrained, out / "knn", index=str(index_path), scene=scene, max_frames=cfg.knn_frames)
+        frame = Path(knn["frame_pngs"][0])
+        (out / "knn_frame.png").write_bytes(frame.read_bytes())
+        files.update(knn_frame=str(out / "knn_frame.png"), knn_gif=knn["gif"])
+        results["knn"] = {key: knn[key] for key in ("scene", "k", "mean_precision", "mean_recall")}
+    except SlidrError as error:
+        logger.warning("warning: k-NN transfer skipped: %s", error)
+        results["knn"] = {"skipped": str(error)}
+    return {"files": files, "results": results}
