@@ -93,21 +93,22 @@ def render_similarity(image: np.ndarray, pixel_map: np.ndarray, pixel_rc: np.nda
 
     height, width = pixel_map.shape
     figure, axes = plt.subplots(1, 2, figsize=(13, 3.6 * height / width * 2 + 0.8), dpi=100)
-    low, high = float(min(pixel_map.min(), point_values.min())), float(max(pixel_map.max(), point_values.max()))
-    shown = axes[0].imshow(pixel_map, cmap="viridis", vmin=low, vmax=high)
+    # each map on its own range (as the paper's figures): the 2D and 3D similarities live on different scales
+    shown = axes[0].imshow(pixel_map, cmap="viridis")
     axes[0].set_title("3D query vs 2D pixel features")
     axes[1].imshow(image, alpha=0.35)
     axes[1].set_facecolor("black")
     order = np.argsort(point_values)
-    axes[1].scatter(pixel_rc[order, 1], pixel_rc[order, 0], c=point_values[order], cmap="viridis", vmin=low,
-                    vmax=high, s=3, linewidths=0)
+    points = axes[1].scatter(pixel_rc[order, 1], pixel_rc[order, 0], c=point_values[order], cmap="viridis", s=3,
+                             linewidths=0)
     axes[1].set_xlim(0, width)
     axes[1].set_ylim(height, 0)
     axes[1].set_title("3D query vs 3D point features")
     for axis in axes:
         axis.scatter([pixel_rc[query, 1]], [pixel_rc[query, 0]], c="red", s=60, edgecolors="white", linewidths=1)
         axis.axis("off")
-    figure.colorbar(shown, ax=axes, fraction=0.02, pad=0.01, label="cosine similarity")
+    figure.colorbar(shown, ax=axes[0], fraction=0.03, pad=0.01, label="cosine similarity")
+    figure.colorbar(points, ax=axes[1], fraction=0.03, pad=0.01, label="cosine similarity")
     if title:
         figure.suptitle(title)
     path = Path(path)

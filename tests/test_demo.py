@@ -1,0 +1,52 @@
+"""Wiring of ``slidr demo`` with its long stages replaced by stand-ins (the real run is minutes long)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+import slidr.demo as demo
+from slidr.methods.metrics import summarize
+from slidr.data.classes import NUSCENES_CLASSES
+
+
+def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):
+    calls = []
+    index = tmp_path / "world" / "index.json"
+
+    def fake_pretrain(cfg, run_dir):
+        calls.append(("pretrain", cfg.method, cfg.data.index, cfg.data.train_split, cfg.trainer.epochs))
+        return run_dir / "pretrained.pt", {"initial_loss": 8.0, "final_loss": 6.0, "epoch_losses": [7.0, 6.0],
+                                           "epochs": 2, "scans_per_s": 1.0}
+
+    def fake_probe(cfg, run_dir):
+        calls.append(("probe", cfg.pretrained, cfg.data.train_split, cfg.data.val_split, cfg.backbone.name))
+        confusion = np.diag(np.arange(1, 17))
+        confusion[0, 1] = 5 if cfg.pretrained is None else 0
+        return summarize(confusion, NUSCENES_CLASSES)
+
+    monkeypatch.setattr(demo, "prepare_world", lambda cfg: index)
+    monkeypatch.setattr(demo, "compute_superpixels", lambda *args: {"slic_150": {"images": 6}})
+    monkeypatch.setattr(demo, "pretrain", fake_pretrain)
+    monkeypatch.setattr(demo, "probe", fake_probe)
+    monkeypatch.setattr(demo, "run_analysis", lambda *args: {"files": {}, "results": {}})
+    results = demo.run_demo(tmp_path / "out", pretrain_overrides=["trainer.epochs=1"])
+
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(written["linear_probe"]) == {"slidr", "ppkt", "random"}
+    assert written["linear_probe"]["slidr"]["miou"] == 100.0
+    assert written["linear_probe"]["random"]["miou"] < 100.0
+    assert set(written["linear_probe"]["random"]["per_class"]) == set(NUSCENES_CLASSES)
+    assert written["wall_s"] == results["wall_s"] >= 0
+    assert "randomly initialised" in written["teacher"]["weights"]
+    # pretraining and probe training on the training split, scores on the evaluation split only
+    assert ("pretrain", "slidr", str(index), "train", 1) in calls
+    probes = [c for c in calls if c[0] == "probe"]
+    assert [c[1] for c in probes] == [str(tmp_path / "out" / "pretrain-slidr" / "pretrained.pt"),
+                                      str(tmp_path / "out" / "pretrain-ppkt" / "pretrained.pt"), None]
+    assert all(c[2:4] == ("train", "val") for c in probes)
+    for name in ("linear_probe.md", "linear_probe.json", "linear_probe_per_class.png", "pretraining_loss.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "| SLidR | 100.0 |" in printed and str((tmp_path / "out").resolve()) in printed
