@@ -69,20 +69,8 @@ def _gather(source: torch.Tensor, index: torch.Tensor, slot: str) -> torch.Tenso
     return torch.index_select(source, 0, index, out=_workspace.rows(slot, index.shape[0], source.shape[1], source))
 
 
-def _new_output(kernel_map: KernelMap, rows: int, base: torch.Tensor | None, like: torch.Tensor,
-                channels: int, is_permutation: bool) -> torch.Tensor:
-    if base is not None:
-        return base
-    if is_permutation:  # every row is written exactly once
-        return like.new_empty((rows, channels))
-    return like.new_zeros((rows, channels))
-
-
-def _accumulate(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor, is_permutation: bool) -> None:
-    if is_permutation:
-        out.index_copy_(0, index, values)
-    else:
-        out.index_add_(0, index, values)
+def _new_output(rows: int, channels: int, base: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return base if base is not None else like.new_zeros((rows, channels))
 
 
 class SparseConvFunction(torch.autograd.Function):
@@ -100,15 +88,14 @@ class SparseConvFunction(torch.autograd.Function):
         base = None
         if kernel_map.identity_kernel is not None:
             base = feats @ weight[kernel_map.identity_kernel]
-        out = _new_output(kernel_map, kernel_map.num_out, base, feats, weight.shape[2],
-                          kernel_map.out_is_permutation)
+        out = _new_output(kernel_map.num_out, weight.shape[2], base, feats)
         out_channels = weight.shape[2]
         for pairs, members in _chunks(kernel_map, max(feats.shape[1], out_channels)):
             rows = _gather(feats, kernel_map.in_index[pairs], "gather")
             products = _workspace.rows("product", rows.shape[0], out_channels, feats)
             for kernel, part in members:
                 torch.mm(rows[part], weight[kernel], out=products[part])
-            _accumulate(out, kernel_map.out_index[pairs], products, kernel_map.out_is_permutation)
+            out.index_add_(0, kernel_map.out_index[pairs], products)
         return out
 
     @staticmethod
@@ -126,11 +113,10 @@ class SparseConvFunction(torch.autograd.Function):
                 torch.mm(feats.t(), grad_out, out=grad_weight[centre])
         if need_feats:
             base = grad_out @ weight[centre].t() if centre is not None else None
-            grad_feats = _new_output(kernel_map, kernel_map.num_in, base, feats, feats.shape[1],
-                                     kernel_map.in_is_permutation)
+            grad_feats = _new_output(kernel_map.num_in, feats.shape[1], base, feats)
         for pairs, members in _chunks(kernel_map, max(feats.shape[1], grad_out.shape[1])):
-            in_index = kernel_map.in_index[pairs]
-            grad_rows = _gather(grad_out, kernel_map.out_index[pairs], "grad_rows")
+            in_index = kernel_map.in_index_by_in[pairs]
+            grad_rows = _gather(grad_out, kernel_map.out_index_by_in[pairs], "grad_rows")
             if need_weight:
                 rows = _gather(feats, in_index, "gather")
                 for kernel, part in members:
@@ -140,7 +126,7 @@ class SparseConvFunction(torch.autograd.Function):
                 products = _workspace.rows("product", grad_rows.shape[0], feats.shape[1], feats)
                 for kernel, part in members:
                     torch.mm(grad_rows[part], weight[kernel].t(), out=products[part])
-                _accumulate(grad_feats, in_index, products, kernel_map.in_is_permutation)
+                grad_feats.index_add_(0, in_index, products)
         return grad_feats, grad_weight, None
 
 

@@ -92,10 +92,17 @@ class KeyPacking:
 class KernelMap:
     """Input/output row pairs of a sparse convolution, grouped by kernel offset.
 
+    The pairs are kept in two orders with the same groups: sorted by output row within each group (the forward
+    pass scatter-adds into the outputs) and sorted by input row (the backward pass scatter-adds into the input
+    gradient); scattering into ascending rows is markedly faster than into random ones.
+
     Parameters
     ----------
     in_index, out_index : torch.Tensor
-        (P,) int64 row indices into the input and output features; pairs of one kernel offset are contiguous.
+        (P,) int64 row indices into the input and output features; pairs of one kernel offset are contiguous
+        and sorted by ``out_index`` within their group.
+    in_index_by_in, out_index_by_in : torch.Tensor
+        The same pairs sorted by ``in_index`` within each group.
     group_kernels : list of int
         Weight index (into the (K, Cin, Cout) weight) of each group, in order.
     group_sizes : list of int
@@ -105,33 +112,36 @@ class KernelMap:
     identity_kernel : int or None
         A kernel index applied to every site as ``out = in @ weight[k]`` without gathering (the centre of a
         submanifold convolution; input and output sites coincide).
-    in_is_permutation, out_is_permutation : bool
-        Every input (output) row occurs exactly once in ``in_index`` (``out_index``): scattering into it is a copy.
     """
 
     in_index: torch.Tensor
     out_index: torch.Tensor
+    in_index_by_in: torch.Tensor
+    out_index_by_in: torch.Tensor
     group_kernels: list[int]
     group_sizes: list[int]
     num_in: int
     num_out: int
     identity_kernel: Optional[int] = None
-    in_is_permutation: bool = False
-    out_is_permutation: bool = False
 
     def transposed(self) -> "KernelMap":
         """The map of the transposed convolution: the same pairs with input and output swapped."""
         return KernelMap(
-            in_index=self.out_index,
-            out_index=self.in_index,
+            in_index=self.out_index_by_in,
+            out_index=self.in_index_by_in,
+            in_index_by_in=self.out_index,
+            out_index_by_in=self.in_index,
             group_kernels=self.group_kernels,
             group_sizes=self.group_sizes,
             num_in=self.num_out,
             num_out=self.num_in,
             identity_kernel=self.identity_kernel,
-            in_is_permutation=self.out_is_permutation,
-            out_is_permutation=self.in_is_permutation,
         )
+
+
+def _sorted_within_groups(group: torch.Tensor, index: torch.Tensor, num: int) -> torch.Tensor:
+    """Permutation ordering pairs by group, then by ``index`` (< ``num``) within each group."""
+    return torch.argsort(group * num + index)
 
 
 def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
@@ -172,7 +182,7 @@ def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 
     centre = len(offsets) // 2
     empty = torch.zeros(0, dtype=torch.int64, device=keys.device)
     if kernel_size == 1 or num == 0:
-        return KernelMap(empty, empty, [], [], num, num, identity_kernel=centre)
+        return KernelMap(empty, empty, empty, empty, [], [], num, num, identity_kernel=centre)
     if sorted_keys is None:
         sorted_keys, order = torch.sort(keys)
     r = kernel_size // 2
@@ -198,9 +208,14 @@ def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 
     sizes = found.sum(dim=1).tolist()
     forward_kernels = list(range(centre + 1, len(offsets)))
     mirrored_kernels = [len(offsets) - 1 - k for k in forward_kernels]
+    # searched half: sorted by site within each offset; the same pairs sorted by neighbour serve the other order
+    by_neighbour = _sorted_within_groups(group, neighbour, num)
+    site_b, neighbour_b = site[by_neighbour], neighbour[by_neighbour]
     return KernelMap(
-        in_index=torch.cat((neighbour, site)),
-        out_index=torch.cat((site, neighbour)),
+        in_index=torch.cat((neighbour, site_b)),
+        out_index=torch.cat((site, neighbour_b)),
+        in_index_by_in=torch.cat((neighbour_b, site)),
+        out_index_by_in=torch.cat((site_b, neighbour)),
         group_kernels=forward_kernels + mirrored_kernels,
         group_sizes=sizes + sizes,
         num_in=num,
@@ -238,15 +253,18 @@ def downsample_map(coords: torch.Tensor, coarse_packing: KeyPacking) -> tuple[to
     kernel = (parity[:, 0] * 4 + parity[:, 1] * 2 + parity[:, 2])
     parent_coords = torch.cat((coords[:, :1].to(torch.int64), parent), dim=1)
     coarse_keys, inverse = torch.unique(coarse_packing.pack(parent_coords), sorted=True, return_inverse=True)
-    fine_order = torch.argsort(kernel, stable=True)
+    fine_order = torch.argsort(kernel, stable=True)  # by kernel offset, then by fine row
+    coarse = inverse[fine_order]
+    by_coarse = _sorted_within_groups(kernel[fine_order], coarse, coarse_keys.shape[0])
     sizes = torch.bincount(kernel, minlength=8).tolist()
     kernel_map = KernelMap(
-        in_index=fine_order,
-        out_index=inverse[fine_order],
+        in_index=fine_order[by_coarse],
+        out_index=coarse[by_coarse],
+        in_index_by_in=fine_order,
+        out_index_by_in=coarse,
         group_kernels=list(range(8)),
         group_sizes=sizes,
         num_in=coords.shape[0],
         num_out=coarse_keys.shape[0],
-        in_is_permutation=True,
     )
     return coarse_packing.unpack(coarse_keys), coarse_keys, kernel_map
