@@ -13,10 +13,11 @@ TORCH_SPEC ?= torch==2.13.0
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-spconv.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -r requirements-spconv.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -15,6 +15,7 @@ from slidr.models.sparse import (
     SubmanifoldConv3d,
     cat,
     global_pool,
+    kernel_offsets,
 )
 
 GRID = 8
@@ -167,7 +168,8 @@ def test_scans_in_a_batch_do_not_mix():
     torch.manual_seed(5)
     coords = random_sites(6, batch=2)
     feats = torch.randn(coords.shape[0], 3)
-    net = torch.nn.Sequential(SubmanifoldConv3d(3, 4), Conv3dDown(4, 4), SubmanifoldConv3d(4, 4), ConvTranspose3dUp(4, 3))
+    net = torch.nn.Sequential(SubmanifoldConv3d(3, 4), Conv3dDown(4, 4), SubmanifoldConv3d(4, 4),
+                              ConvTranspose3dUp(4, 3))
     together = net(SparseTensor(coords, feats)).feats
     for b in range(2):
         mask = coords[:, 0] == b
@@ -232,6 +234,30 @@ def test_bad_coordinates_give_clear_errors():
     negative_batch[0, 0] = -1
     with pytest.raises(SlidrError, match="batch"):
         SparseTensor(negative_batch, torch.zeros(len(coords), 1))
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_submanifold_map_pairs_equal_brute_force(kernel_size):
+    # sparse sites over a wide range (long empty stretches in every packed dimension, sites at the array ends)
+    generator = torch.Generator().manual_seed(14)
+    coords = torch.unique(torch.cat((torch.randint(0, 3, (400, 1), generator=generator),
+                                     torch.randint(-9, 9, (400, 3), generator=generator)), 1), dim=0)
+    coords = coords[torch.randperm(len(coords), generator=generator)].to(torch.int32)
+    cache = SparseTensor(coords, torch.zeros(len(coords), 1)).cache
+    kernel_map = cache.submanifold_map(1, kernel_size)
+    offsets = kernel_offsets(kernel_size)
+    row_of = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    expected = set()
+    for i, (b, x, y, z) in enumerate(coords.tolist()):
+        for k, (dx, dy, dz) in enumerate(offsets):
+            j = row_of.get((b, x + dx, y + dy, z + dz))
+            if j is not None and k != kernel_map.identity_kernel:
+                expected.add((j, i, k))
+    for ins, outs in ((kernel_map.in_index, kernel_map.out_index),
+                      (kernel_map.in_index_by_in, kernel_map.out_index_by_in)):
+        kernels = torch.repeat_interleave(torch.tensor(kernel_map.group_kernels), torch.tensor(kernel_map.group_sizes))
+        found = list(zip(ins.tolist(), outs.tolist(), kernels.tolist()))
+        assert len(found) == len(set(found)) and set(found) == expected
 
 
 def test_kernel_maps_are_cached_and_reused():

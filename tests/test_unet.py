@@ -8,15 +8,7 @@ import torch
 from slidr.config import BackboneConfig, ConfigError
 from slidr.models.sparse import SparseTensor
 from slidr.models.unet import PRESETS, build_backbone
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: OpenMP threads on a busy 2-core machine wait on each other far longer than they work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_sparse import one_thread  # noqa: F401 - autouse fixture: one torch thread
 
 
 def expected_parameters(stem, planes, blocks, in_channels, out_channels):

@@ -103,10 +103,14 @@ class SRUNet(nn.Module):
         self.stem = _ConvBNReLU(SubmanifoldConv3d(in_channels, preset.stem, 3), preset.stem, m)
         encoder_in = (preset.stem, p[0], p[1], p[2])
         self.down = nn.ModuleList(_ConvBNReLU(Conv3dDown(c, c), c, m) for c in encoder_in)
-        self.encoder = nn.ModuleList(_stage(c, planes, blocks, m) for c, planes, blocks in zip(encoder_in, p[:4], n[:4]))
+        self.encoder = nn.ModuleList(
+            _stage(c, planes, blocks, m) for c, planes, blocks in zip(encoder_in, p[:4], n[:4])
+        )
         decoder_in = (p[3], p[4], p[5], p[6])
         skips = (p[2], p[1], p[0], preset.stem)
-        self.up = nn.ModuleList(_ConvBNReLU(ConvTranspose3dUp(c, planes), planes, m) for c, planes in zip(decoder_in, p[4:]))
+        self.up = nn.ModuleList(
+            _ConvBNReLU(ConvTranspose3dUp(c, planes), planes, m) for c, planes in zip(decoder_in, p[4:])
+        )
         self.decoder = nn.ModuleList(
             _stage(planes + skip, planes, blocks, m) for planes, skip, blocks in zip(p[4:], skips, n[4:])
         )
