@@ -118,10 +118,11 @@ def test_probe_freezes_backbone_and_batch_norm_statistics(tiny_world, tmp_path):
         DownstreamModule.__init__ = original
     after = spy.model.state_dict()
     for key in before:
-        if key.startswith("final."):
-            assert not torch.equal(before[key], after[key]), key
-        else:
+        if not key.startswith("final."):
             assert torch.equal(before[key], after[key]), key
+    # the trained classifier (its feature standardisation folded in) is no longer the initial one
+    initial = before.get("final.linear.weight", before.get("final.weight"))
+    assert after["final.weight"].shape == initial.shape and not torch.equal(initial, after["final.weight"])
 
 
 def test_finetune_uses_separate_learning_rates(tiny_world):
@@ -254,3 +255,21 @@ def test_label_file_with_unknown_ids_is_refused(tiny_nuscenes_world, tmp_path):
     dataset, _ = make_dataset(tiny_config(tmp_path / "index.json"), "train", False)
     with pytest.raises(DataError, match=r"unknown nuScenes lidarseg category indices \[40\]"):
         dataset[0]
+
+
+def test_standardized_probe_folds_into_one_linear_layer():
+    from torch import nn
+
+    from slidr.methods.downstream import StandardizedLinear, feature_statistics
+
+    torch.manual_seed(0)
+    features = torch.randn(500, 6) * torch.tensor([1e-3, 2.0, 5.0, 1e-2, 1.0, 3.0]) + 0.1
+    features[:, 3] = 7.0  # a constant channel must not divide by zero
+    mean, std = feature_statistics(features.split(128))
+    assert torch.allclose(mean, features.mean(0), atol=1e-5)
+    assert torch.allclose(std[[0, 1, 2, 4, 5]], features.std(0, unbiased=False)[[0, 1, 2, 4, 5]], rtol=1e-4)
+    assert std[3] == 1.0
+    probe = StandardizedLinear(nn.Linear(6, 4), mean, std)
+    standardized = (features - mean) / std
+    assert torch.allclose(probe(features), probe.linear(standardized), atol=1e-5)
+    assert torch.allclose(probe.folded()(features), probe(features), atol=1e-4)

@@ -244,6 +244,9 @@ class DownstreamConfig:
     lovasz: bool = True
     lr_random_init: float = 0.05  # fine-tuning from random init: one learning rate for all (authors' config)
     cache_features: bool = True  # probe without augmentation: compute the frozen features once
+    # probe: standardise the frozen features with training statistics before the classifier (MAE's linear-probe
+    # practice), folded into ``final`` afterwards; false = the authors' plain linear layer on raw features
+    standardize_features: bool = True
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))

@@ -56,7 +56,6 @@ class _ScanDataset(torch.utils.data.Dataset):
         self.positions = self.index.sample_indices(split, label_fraction)
         if len(self.positions) == 0:
             raise DataError(f"index {self.index.path}: split {split!r} has no samples")
-        self._draws = 0
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -66,10 +65,9 @@ class _ScanDataset(torch.utils.data.Dataset):
         return self.index.samples[int(self.positions[item])]
 
     def _rng(self, item: int) -> np.random.Generator:
-        # torch's seed differs per DataLoader worker and per epoch; the counter varies draws across epochs
-        # when loading in the main process.
-        self._draws += 1
-        return np.random.default_rng([torch.initial_seed(), item, self._draws])
+        # A pure function of (torch seed, item), so that a resumed run replays the same draws. The trainers set
+        # torch's seed per sample from (run seed, epoch, position) (slidr.methods.pretrain.SeededDataset).
+        return np.random.default_rng([torch.initial_seed(), item])
 
 
 class PretrainDataset(_ScanDataset):

@@ -8,7 +8,8 @@ checkpoint of epoch ``e`` replays epochs ``e+1...`` exactly; a run killed mid-ep
 
 The exported file (``DIR/pretrained.pt``) is a plain ``torch.save`` of a dict: ``model_points`` (3D network
 state dict), ``model_images_head`` (image head state dict, empty for methods without one), ``config`` (the
-resolved config as a dict), ``method`` and ``slidr_version``.
+resolved config as a dict), ``method``, ``slidr_version``, and ``model_images_encoder`` when the image teacher was
+randomly initialised (it cannot be rebuilt from a weights file then).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class EpochCheckpoint(Checkpoint):
 
 
 def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_images_head: Optional[torch.nn.Module],
-                      config: Any, method: str) -> Path:
+                      config: Any, method: str, model_images_encoder: Optional[torch.nn.Module] = None) -> Path:
     """Write the exported pretrained file (atomically) and return its path.
 
     Parameters
@@ -112,6 +113,9 @@ def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_ima
         The resolved configuration.
     method : str
         The pretraining method.
+    model_images_encoder : nn.Module or None
+        The frozen image encoder, stored (``model_images_encoder``) when it cannot be rebuilt from a weights
+        file, i.e. when it was randomly initialised.
     """
     payload = {
         "model_points": _cpu_state(model_points),
@@ -120,6 +124,8 @@ def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_ima
         "method": method,
         "slidr_version": __version__,
     }
+    if model_images_encoder is not None:
+        payload["model_images_encoder"] = _cpu_state(model_images_encoder)
     save_atomic(payload, path)
     return Path(path)
 

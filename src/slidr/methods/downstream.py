@@ -6,6 +6,12 @@ evaluation class, is trained (50 epochs, lr 0.05). Because the frozen network is
 when augmentation is off the features of every training scan are computed once and the classifier is trained on
 them (``cache_features``): the same optimisation, without re-running the 3D network every epoch.
 
+The classifier of a probe sees the frozen features standardised per channel with their training mean and
+standard deviation (``standardize_features``, as MAE's linear probing does with a non-affine batch norm), and the
+standardisation is folded into ``final`` when training ends, so the saved network is the plain architecture.
+Without it the comparison measures feature scales rather than features: a randomly initialised network in eval
+mode outputs features around 1e-3, on which a linear layer at lr 0.05 learns nothing but the class prior.
+
 Fine-tuning: the whole network, with the classifier's learning rate (``optim.lr_head``, 2.0 in the authors'
 nuScenes config) apart from the backbone's (``optim.lr``, 0.02); a randomly initialised network uses one learning
 rate for everything (``lr_random_init``, the authors' 0.05). Loss: cross-entropy + Lovasz-softmax (``lovasz``).
@@ -95,6 +101,53 @@ def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: O
     if reset_head:
         _reset_parameters(model.final)
     return model, info
+
+
+class StandardizedLinear(nn.Module):
+    """``linear((x - mean) / std)``: a probe's classifier on standardised features (see the module docstring).
+
+    Parameters
+    ----------
+    linear : the classifier (the backbone's ``final``).
+    mean, std : (F,) per-channel statistics of the training features.
+    """
+
+    def __init__(self, linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("mean", mean.detach().clone())
+        self.register_buffer("std", std.detach().clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear((features - self.mean) / self.std)
+
+    def folded(self) -> nn.Linear:
+        """The same function as one ``nn.Linear`` on raw features."""
+        folded = nn.Linear(self.linear.in_features, self.linear.out_features).to(self.mean.device)
+        with torch.no_grad():
+            weight = self.linear.weight / self.std
+            folded.weight.copy_(weight)
+            folded.bias.copy_(self.linear.bias - weight @ self.mean)
+        return folded
+
+
+def feature_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (F,) of feature batches (N_i, F), in float64 sums.
+
+    Channels that never vary get std 1, so they stay finite (and constant).
+    """
+    total, sum_, sum_sq = 0, None, None
+    for features in batches:
+        features = features.double()
+        sum_ = features.sum(0) if sum_ is None else sum_ + features.sum(0)
+        sum_sq = (features * features).sum(0) if sum_sq is None else sum_sq + (features * features).sum(0)
+        total += features.shape[0]
+    if not total:
+        raise SlidrError("no training voxels to compute the probe's feature statistics from")
+    mean = sum_ / total
+    std = (sum_sq / total - mean * mean).clamp_min(0).sqrt()
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return mean.float(), std.float()
 
 
 def _reset_parameters(module: nn.Module) -> None:
@@ -385,6 +438,10 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     else:
         train_set, collate = dataset_factory(cfg, cfg.data.train_split, True)
 
+    standardize = cfg.mode == "probe" and cfg.standardize_features
+    if standardize:
+        model.final = StandardizedLinear(model.final, *_probe_feature_statistics(model, train_set, collate, device,
+                                                                                 batch_size))
     module = DownstreamModule(model, cfg, num_classes, random_init, train_set, collate)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.epochs,
@@ -411,6 +468,8 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     if not trainer.is_global_zero:
         return {}
 
+    if standardize:
+        model.final = model.final.folded()
     export_pretrained(out / MODEL_NAME, model, None, cfg, method=cfg.mode)
     model = model.to(device)
     confusion = evaluate_model(model, ordered_loader(val_set, val_collate, batch_size), num_classes, device,
@@ -440,6 +499,22 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     logger.info("%s: mIoU %s on %s (%d points); results in %s", cfg.mode, _fmt(evaluation["miou"]),
                 cfg.data.val_split, evaluation["num_points"], out)
     return summary
+
+
+def _probe_feature_statistics(model: nn.Module, train_set: Dataset, collate: Callable[[list], dict],
+                              device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the frozen features over the training voxels (from the cache when there is one)."""
+    if isinstance(train_set, CachedFeatures):
+        return feature_statistics(train_set.features)
+
+    def batches():
+        model.eval()
+        with torch.no_grad():
+            for batch in progress(ordered_loader(train_set, collate, batch_size), desc="feature statistics",
+                                  unit="batch"):
+                yield model.forward_features(sparse_input(_to_device(batch, device))).cpu()
+
+    return feature_statistics(batches())
 
 
 def _fmt(value: Optional[float]) -> str:

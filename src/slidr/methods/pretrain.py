@@ -263,6 +263,10 @@ class PretrainModule(L.LightningModule):
         """The trainable image head exported with the 3D network (None for methods without one)."""
         return None
 
+    def images_encoder_to_export(self) -> Optional[torch.nn.Module]:
+        """The frozen image encoder, when the export must carry it (None: rebuilt from its weights file)."""
+        return None
+
     def scans_in_batch(self, batch: dict) -> int:
         return int(batch["batch_size"])
 
@@ -407,18 +411,16 @@ class ImageToLidarModule(PretrainModule):
     def build_train_dataset(self) -> tuple[Dataset, Callable]:
         from slidr.data.datasets import PretrainDataset, collate_pretrain
 
-        class ReplayablePretrainDataset(PretrainDataset):
-            """Augmentations drawn from torch's seed only, which :class:`SeededDataset` sets per sample: the
-            base class also counts draws per process, which a resumed process would restart from zero."""
-
-            def _rng(self, item: int) -> np.random.Generator:
-                return np.random.default_rng([torch.initial_seed(), item])
-
         data = self.cfg.data
-        return ReplayablePretrainDataset(data.index, data.train_split, data, train=True), collate_pretrain
+        return PretrainDataset(data.index, data.train_split, data, train=True), collate_pretrain
 
     def images_head(self) -> Optional[torch.nn.Module]:
         return self.model_images.head
+
+    def images_encoder_to_export(self) -> Optional[torch.nn.Module]:
+        # A randomly initialised teacher exists nowhere else: without it the pixel features of the export
+        # (similarity maps) could not be rebuilt.
+        return self.model_images.encoder if self.cfg.image.weights is None else None
 
     def forward_points(self, batch: dict) -> torch.Tensor:
         """Features (P, C) of the paired points."""
@@ -456,8 +458,9 @@ class ImageToLidarModule(PretrainModule):
             else:
                 superpixels = batch["superpixels"] if loss_cfg.use_superpixels else None
                 if loss_cfg.gather_negatives and _distributed():
-                    anchors, positives = self._superpixel_embeddings(point_features, pairing, pixel_features,
-                                                                     superpixels)
+                    anchors, positives = losses.superpixel_embeddings(
+                        point_features, pairing, pixel_features, superpixels, loss_cfg.renormalize_means,
+                        loss_cfg.num_matches)
                     loss = gathered_info_nce(anchors, positives, loss_cfg.temperature)
                     stats = {"pairs": len(point_features), "superpixels": len(anchors)}
                 else:
@@ -467,21 +470,6 @@ class ImageToLidarModule(PretrainModule):
                                                             num_matches=loss_cfg.num_matches)
         stats = {key: float(value) for key, value in dict(stats).items() if key != "empty"}
         return loss, stats
-
-    def _superpixel_embeddings(self, point_features, pairing, pixel_features, superpixels):
-        """Row-aligned (superpoint, superpixel) means, as inside :func:`losses.superpixel_infonce`."""
-        from slidr.methods import losses
-
-        image, row, col = pairing.long().unbind(1)
-        if superpixels is None:
-            anchors, positives = losses._pixel_as_superpixel_means(point_features, image, row, col, pixel_features,
-                                                                   self.cfg.loss.num_matches, None)
-        else:
-            anchors, positives = losses._superpixel_means(point_features, image, row, col, pixel_features,
-                                                          superpixels)
-        if self.cfg.loss.renormalize_means:
-            anchors, positives = F.normalize(anchors, dim=1), F.normalize(positives, dim=1)
-        return anchors, positives
 
     def compute_loss(self, batch: dict) -> tuple[Optional[torch.Tensor], dict[str, float]]:
         if batch["pairing_points"].numel() == 0:
@@ -576,7 +564,8 @@ class TrainingRecord(L.Callback):
         if not trainer.is_global_zero:
             return
         exported = export_pretrained(self.out_dir / EXPORT_NAME, pl_module.model_points, pl_module.images_head(),
-                                     pl_module.cfg, pl_module.cfg.method)
+                                     pl_module.cfg, pl_module.cfg.method,
+                                     model_images_encoder=pl_module.images_encoder_to_export())
         summary = self.summary(pl_module, trainer, exported.resolve())
         write_json(self.out_dir / SUMMARY_NAME, summary)
         plot_loss_curve(self.losses, self.out_dir / CURVE_NAME, title=f"{pl_module.cfg.method} pretraining")
