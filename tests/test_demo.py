@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+
+from slidr.errors import SlidrError
 
 import slidr.demo as demo
 from slidr.methods.metrics import summarize
@@ -50,3 +53,16 @@ def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):
         assert (tmp_path / "out" / name).stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| SLidR | 100.0 |" in printed and str((tmp_path / "out").resolve()) in printed
+
+
+def test_a_world_generated_with_other_settings_is_not_reused(tmp_path):
+    from slidr.config import DemoConfig
+    from slidr.demo import prepare_world
+
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "synth_summary.json").write_text(
+        '{"scenes": 3, "frames_per_scene": 10, "image_size": [480, 270], "seed": 0}')
+    (world / "index.json").write_text("{}")
+    with pytest.raises(SlidrError, match=r"scenes 3 \(wanted 10\)"):
+        prepare_world(DemoConfig(world=str(world)))

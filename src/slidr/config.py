@@ -266,8 +266,9 @@ class DemoConfig:
     image_size: list[int] = field(default_factory=lambda: [480, 270])  # (width, height) of the generated images
     seed: int = 0
     workers: int = 2  # world generation and superpixels
-    pretrain: dict = field(default_factory=lambda: {"slidr": "slidr.yaml", "ppkt": "ppkt.yaml"})
-    probe: str = "probe.yaml"
+    pretrain: dict = field(default_factory=lambda: {"slidr": "../pretrain/demo_cpu.yaml",
+                                                    "ppkt": "../pretrain/ppkt_demo_cpu.yaml"})
+    probe: str = "../downstream/probe_demo_cpu.yaml"
     train_split: str = "train"  # pretraining and probe training; tune on parametrizing/verifying, never on val
     eval_split: str = "val"
     knn_frames: int = 4

@@ -1,7 +1,7 @@
 """``slidr demo``: SLidR end to end on the embedded synthetic world, on a CPU.
 
 Stages: (1) generate the synthetic world if absent and index it, (2) SLIC superpixels, (3) pretrain with SLidR
-and with PPKT† (small CPU configs in ``configs/demo/``), (4) linear probing of SLidR, PPKT† and a randomly
+and with PPKT† (small CPU configs named by ``configs/demo/demo.yaml``), (4) linear probing of SLidR, PPKT† and a randomly
 initialised network, (5) evaluation: one folder with the comparison table (markdown + JSON), the per-class bar
 chart, the pretraining loss curves, a similarity map and a k-NN frame, and ``results.json``.
 
@@ -133,10 +133,13 @@ def prepare_world(cfg: DemoConfig) -> Path:
 
     world = Path(cfg.world)
     index_path = world / "index.json"
+    summary_path = world / "synth_summary.json"
+    if summary_path.is_file():
+        _check_world_matches(cfg, json.loads(summary_path.read_text()), summary_path)
     if index_path.is_file():
         logger.info("reusing %s", world)
         return index_path.resolve()
-    if not (world / "synth_summary.json").is_file():
+    if not summary_path.is_file():
         from slidr.data.synth import generate_world
 
         generate_world(world, scenes=cfg.scenes, frames=cfg.frames, image_size=tuple(cfg.image_size),
@@ -145,6 +148,18 @@ def prepare_world(cfg: DemoConfig) -> Path:
     version = summary.get("version", "v1.0-trainval")
     prepare_nuscenes(world, version, index_path)
     return index_path.resolve()
+
+
+def _check_world_matches(cfg: DemoConfig, summary: dict, path: Path) -> None:
+    """A world generated with other settings is never reused silently."""
+    wanted = {"scenes": cfg.scenes, "frames_per_scene": cfg.frames, "image_size": list(cfg.image_size),
+              "seed": cfg.seed}
+    found = {key: summary.get(key) for key in wanted}
+    if found != wanted:
+        differing = ", ".join(f"{key} {found[key]} (wanted {wanted[key]})" for key in wanted
+                              if found[key] != wanted[key])
+        raise SlidrError(f"{path}: the world there was generated with other settings: {differing}; delete "
+                         f"{path.parent} or set world=<another folder>")
 
 
 def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[str, Any]:
