@@ -23,9 +23,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint
 
 from slidr import __version__
-from slidr.config import VoxelConfig, to_dict
+from slidr.config import VoxelConfig, save_config, to_dict
 from slidr.errors import SlidrError
 from slidr.utils.io import atomic_path
+from slidr.utils.log import logger
 
 CHECKPOINT_DIR = "checkpoints"
 EXPORT_NAME = "pretrained.pt"
@@ -58,6 +59,27 @@ def latest_checkpoint(directory: str | Path) -> Optional[Path]:
     """The newest epoch checkpoint in ``directory``, or None."""
     found = epoch_checkpoints(directory)
     return found[-1] if found else None
+
+
+def start_run_folder(out: str | Path, config: Any, resume: bool) -> Optional[Path]:
+    """Create run folder ``out``, save the resolved config in it, and return the checkpoint to resume from.
+
+    Raises
+    ------
+    SlidrError
+        ``out`` already holds checkpoints and ``resume`` is False (a new run must never overwrite them).
+    """
+    out = Path(out)
+    checkpoint_dir = out / CHECKPOINT_DIR
+    resume_from = latest_checkpoint(checkpoint_dir)
+    if resume_from is not None and not resume:
+        raise SlidrError(f"{out} already holds checkpoints ({resume_from.name}); pass --resume to continue "
+                         "or choose another --out")
+    if resume and resume_from is None:
+        logger.warning("warning: --resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    return resume_from if resume else None
 
 
 class EpochCheckpoint(Checkpoint):

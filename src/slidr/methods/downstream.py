@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidr.config import DownstreamConfig, save_config, to_dict
+from slidr.config import DownstreamConfig, to_dict
 from slidr.data.classes import class_names
 from slidr.errors import SlidrError
 from slidr.methods.checkpoint import (
@@ -48,7 +48,7 @@ from slidr.methods.checkpoint import (
     AtomicCheckpointIO,
     EpochCheckpoint,
     export_pretrained,
-    latest_checkpoint,
+    start_run_folder,
     load_backbone,
 )
 from slidr.methods.lovasz import lovasz_softmax
@@ -406,14 +406,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     start = time.perf_counter()
     out = Path(out)
     checkpoint_dir = out / CHECKPOINT_DIR
-    resume_from = latest_checkpoint(checkpoint_dir)
-    if resume_from is not None and not resume:
-        raise SlidrError(f"{out} already holds checkpoints ({resume_from.name}); pass --resume to continue "
-                         "or choose another --out")
-    if resume and resume_from is None:
-        logger.warning("warning: --resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    resume_from = start_run_folder(out, cfg, resume)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -463,7 +456,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
         limit_val_batches=0,
     )
     train_start = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from else None)
+    trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
     train_s = time.perf_counter() - train_start
     if not trainer.is_global_zero:
         return {}

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from slidr.config import PretrainConfig, save_config
+from slidr.config import PretrainConfig
 from slidr.errors import SlidrError
 from slidr.methods.checkpoint import (
     CHECKPOINT_DIR,
@@ -41,10 +41,9 @@ from slidr.methods.checkpoint import (
     AtomicCheckpointIO,
     EpochCheckpoint,
     export_pretrained,
-    latest_checkpoint,
+    start_run_folder,
 )
 from slidr.utils.io import write_json
-from slidr.utils.log import logger
 
 SUMMARY_NAME = "summary.json"
 CURVE_NAME = "loss_curve.png"
@@ -659,17 +658,9 @@ def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, resume: bool = Fal
         ``out_dir`` already holds checkpoints and ``resume`` is False; the loss became non-finite.
     """
     out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / CHECKPOINT_DIR
-    ckpt_path = latest_checkpoint(checkpoint_dir)
-    if ckpt_path is not None and not resume:
-        raise SlidrError(f"{out_dir} already holds checkpoints ({ckpt_path.name}); pass --resume to continue "
-                         "or choose another --out")
-    if resume and ckpt_path is None:
-        logger.warning("warning: --resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+    ckpt_path = start_run_folder(out_dir, cfg, resume)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
 
     if module is None:
