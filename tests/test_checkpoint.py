@@ -71,7 +71,7 @@ def test_mismatching_keys_are_named(tmp_path):
     message = str(error.value)
     assert "missing keys: body.bias" in message
     assert "unexpected keys: extra.weight" in message
-    assert "body.weight (6, 3) vs (5, 3)" in message
+    assert "body.weight (6, 3) != (5, 3)" in message
     with pytest.raises(SlidrError, match="does not exist"):
         load_backbone(tmp_path / "absent.pt", _net())
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

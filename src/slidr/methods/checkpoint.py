@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from slidr import __version__
 from slidr.config import VoxelConfig, save_config, to_dict
 from slidr.errors import SlidrError
+from slidr.models.state_dict import state_dict_problems
 from slidr.utils.io import atomic_path
 from slidr.utils.log import logger
 
@@ -209,18 +210,7 @@ def load_backbone(path: str | Path, model: torch.nn.Module, voxel_cfg: Optional[
         _check_voxels(path, config, voxel_cfg)
 
     target = model.state_dict()
-    missing = [key for key in target if key not in state]
-    unexpected = [key for key in state if key not in target]
-    wrong_shape = [f"{key} {tuple(state[key].shape)} vs {tuple(target[key].shape)}" for key in target
-                   if key in state and not key.startswith(head_prefix) and state[key].shape != target[key].shape]
-    missing = [key for key in missing if not key.startswith(head_prefix)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if wrong_shape:
-        problems.append(f"shape mismatch (file vs model): {_listing(wrong_shape)}")
+    problems = state_dict_problems(state, target, exempt=lambda key: key.startswith(head_prefix))
     if problems:
         raise SlidrError(f"pretrained file {path} does not fit the model: " + "; ".join(problems))
 
@@ -261,6 +251,3 @@ def _check_voxels(path: Path, config: Mapping[str, Any], voxel_cfg: VoxelConfig)
                          + "; ".join(differing))
 
 
-def _listing(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")

@@ -30,6 +30,7 @@ from slidr.config import ImageModelConfig
 from slidr.errors import SlidrError
 from slidr.models.resnet import resnet18, resnet50
 from slidr.models.vit import vit_small
+from slidr.models.state_dict import listing, state_dict_problems
 from slidr.utils.log import warn_once
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,7 +41,6 @@ COMMON_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.backbone.", "backb
                    "encoder.", "module.", "model.")
 _CHECKPOINT_ENTRIES = ("state_dict", "model", "teacher", "model_state_dict")
 _CLASSIFIER_PREFIXES = ("fc.", "head.")
-_MAX_LISTED = 12
 
 
 class ConvNetSmall(nn.Module):
@@ -177,7 +177,7 @@ def _strip_prefix(state: dict, expected: set[str], prefix: str | None, path: Pat
         stripped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
         if not stripped:
             raise SlidrError(f"no key of {path} starts with image.weights_prefix {prefix!r}; "
-                             f"its keys begin: {_listing(state)}")
+                             f"its keys begin: {listing(state)}")
         return stripped
     best, best_score = state, len(expected & state.keys())
     for candidate in COMMON_PREFIXES:
@@ -189,27 +189,11 @@ def _strip_prefix(state: dict, expected: set[str], prefix: str | None, path: Pat
 
 
 def _check_keys(encoder: nn.Module, state: dict, path: Path) -> None:
-    own = encoder.state_dict()
-    missing = [key for key in own if key not in state and not key.endswith("num_batches_tracked")]
-    unexpected = [key for key in state if key not in own]
-    shapes = [f"{key} {tuple(state[key].shape)} != {tuple(value.shape)}" for key, value in own.items()
-              if key in state and state[key].shape != value.shape]
-    if not (missing or unexpected or shapes):
-        return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches (file != model): {_listing(shapes)}")
-    raise SlidrError(
-        f"image weights file {path} does not match the {type(encoder).__name__} encoder: " + "; ".join(problems)
-        + ". Check image.encoder, or set image.weights_prefix to the prefix of the encoder keys."
-    )
+    problems = state_dict_problems(state, encoder.state_dict(), exempt=lambda key: key.endswith("num_batches_tracked"))
+    if problems:
+        raise SlidrError(
+            f"image weights file {path} does not match the {type(encoder).__name__} encoder: " + "; ".join(problems)
+            + ". Check image.encoder, or set image.weights_prefix to the prefix of the encoder keys."
+        )
 
 
-def _listing(items) -> str:
-    items = list(items)
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
