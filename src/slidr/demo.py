@@ -114,7 +114,8 @@ def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Se
                   "image_size": cfg.image_size, "train_split": cfg.train_split, "eval_split": cfg.eval_split},
         "superpixels": superpixels,
         "files": {"table": str(report["markdown"]), "table_json": str(report["json"]),
-                  "per_class_chart": str(report["chart"]), "pretraining_loss": str(curves), **analysis["files"]},
+                  "per_class_chart": str(report["chart"]), "pretraining_loss": str(curves), **analysis["files"],
+                  **copy_world_previews(Path(cfg.world), out)},
         "analysis": analysis["results"],
         "config": to_dict(cfg),
         "stage_s": {key: round(value, 1) for key, value in timings.items()},
@@ -232,6 +233,18 @@ def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return path
+
+
+def copy_world_previews(world: Path, out: Path) -> dict[str, str]:
+    """Copy the world's overview pictures (a scan's bird's-eye view, a camera with projected points) into ``out``."""
+    files = {}
+    for name in ("bev", "camera_depth"):
+        source = world / "preview" / f"{name}.png"
+        if source.is_file():
+            target = out / f"world_{name}.png"
+            target.write_bytes(source.read_bytes())
+            files[f"world_{name}"] = str(target)
+    return files
 
 
 def run_analysis(cfg: DemoConfig, pretrained: Optional[Path], index_path: Path, out: Path) -> dict[str, Any]:
