@@ -41,7 +41,7 @@ def semantickitti_scans(realdata: Path) -> Path:
     return path
 
 
-# --- synthetic worlds (engineer A: slidr.data.synth) ---------------------------------------------------------------
+# --- synthetic worlds (slidr.data.synth) ---------------------------------------------------------------------------
 TINY_WORLD = {"scenes": 2, "frames": 3, "image_size": (320, 180), "seed": 7}
 
 
