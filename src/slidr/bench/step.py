@@ -1,7 +1,8 @@
 """``slidr bench step``: time of one SLidR / PPKT training step, broken down into its stages.
 
 Stages: data (loading and collating a batch), image (frozen encoder + head forward), points (3D network
-forward), loss (forward), backward (all of it), optimizer (SGD step). Each stage is synchronised on GPU.
+forward), loss (forward), backward (all of it), optimizer (the configured optimizer's step). Each stage is
+synchronised on GPU.
 """
 
 from __future__ import annotations
@@ -9,18 +10,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from slidr.bench import BenchResult
 
 NAME = "step"
 HELP = "time per SLidR/PPKT training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain" / "demo_cpu.yaml"
 STAGES = ("data_ms", "image_ms", "points_ms", "loss_ms", "backward_ms", "optimizer_ms")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=None,
-                        help="pretraining config (default: configs/pretrain/demo_cpu.yaml settings via defaults)")
+    parser.add_argument("--config", metavar="FILE", default=str(DEFAULT_CONFIG),
+                        help="pretraining config (default: configs/pretrain/demo_cpu.yaml; set data.index=...)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default 3)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides by dotted path")
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     import torch
 
     from slidr.config import PretrainConfig, load_config
-    from slidr.methods.pretrain import ImageToLidarModule, SeededDataset, derive_seed
+    from slidr.methods.pretrain import ImageToLidarModule, SeededDataset, build_optimizer, derive_seed
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     if cfg.trainer.num_threads:
@@ -41,8 +44,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     module = ImageToLidarModule(cfg).to(device).train()
     dataset, collate = module.train_dataset()
     seeded = SeededDataset(dataset)
-    optimizer = torch.optim.SGD(module.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                dampening=cfg.optim.dampening, weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(module.trainable_parameters(), cfg.optim)
 
     def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
         if device.type == "cuda":

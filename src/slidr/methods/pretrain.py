@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from slidr.config import PretrainConfig
+from slidr.config import OptimConfig, PretrainConfig
 from slidr.errors import SlidrError
 from slidr.methods.checkpoint import (
     CHECKPOINT_DIR,
@@ -222,6 +222,16 @@ def _to_sparse(coords: torch.Tensor, feats: torch.Tensor) -> Any:
     return SparseTensor(coords, feats)
 
 
+def build_optimizer(params: Sequence[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``optim.optimizer`` (SGD with momentum and dampening, Adam or AdamW)."""
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, dampening=optim.dampening,
+                               weight_decay=optim.weight_decay)
+    if optim.optimizer == "adam":
+        return torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
 class PretrainModule(L.LightningModule):
     """Training machinery shared by every pretraining method.
 
@@ -294,14 +304,7 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optim = self.cfg.optim
-        params = self.trainable_parameters()
-        if optim.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, dampening=optim.dampening,
-                                        weight_decay=optim.weight_decay)
-        elif optim.optimizer == "adam":
-            optimizer = torch.optim.Adam(params, lr=optim.lr, weight_decay=optim.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        optimizer = build_optimizer(self.trainable_parameters(), optim)
         total_steps = int(self.trainer.estimated_stepping_batches)
         if self.trainer.max_steps is not None and self.trainer.max_steps > 0:
             schedule = CosineSchedule(total_steps, 0, optim.min_lr / optim.lr, optim.scheduler == "constant")
