@@ -43,16 +43,9 @@ from torch.utils.data import DataLoader, Dataset
 from slidr.config import DownstreamConfig, to_dict
 from slidr.data.classes import class_names
 from slidr.errors import SlidrError
-from slidr.methods.checkpoint import (
-    CHECKPOINT_DIR,
-    AtomicCheckpointIO,
-    EpochCheckpoint,
-    export_pretrained,
-    start_run_folder,
-    load_backbone,
-)
+from slidr.methods.checkpoint import export_pretrained, load_backbone, start_run_folder
 from slidr.methods.lovasz import lovasz_softmax
-from slidr.methods.pretrain import CosineSchedule, EpochSampler, SeededDataset
+from slidr.methods.pretrain import CosineSchedule, lightning_trainer, replayable_loader
 from slidr.methods.metrics import confusion_matrix, point_predictions, summarize
 from slidr.utils.io import write_json
 from slidr.utils.log import logger
@@ -202,11 +195,8 @@ class DownstreamModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         # the data order and augmentations are functions of (seed, epoch): resumed runs replay them exactly
-        trainer = self.trainer
-        sampler = EpochSampler(len(self.train_set), self.cfg.trainer.seed, trainer.global_rank, trainer.world_size)
         workers = self.cfg.data.num_workers if not isinstance(self.train_set, CachedFeatures) else 0
-        return DataLoader(SeededDataset(self.train_set), batch_size=self.cfg.trainer.batch_size, sampler=sampler,
-                          collate_fn=self.collate, num_workers=workers, persistent_workers=workers > 0)
+        return replayable_loader(self.train_set, self.collate, self.cfg.trainer, self.trainer, workers)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Voxel class scores (V, C) of a voxel batch, or of a batch of cached ``features``."""
@@ -405,7 +395,6 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     """
     start = time.perf_counter()
     out = Path(out)
-    checkpoint_dir = out / CHECKPOINT_DIR
     resume_from = start_run_folder(out, cfg, resume)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
@@ -436,25 +425,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
         model.final = StandardizedLinear(model.final, *_probe_feature_statistics(model, train_set, collate, device,
                                                                                  batch_size))
     module = DownstreamModule(model, cfg, num_classes, random_init, train_set, collate)
-    trainer = L.Trainer(
-        max_epochs=cfg.trainer.epochs,
-        max_steps=cfg.trainer.max_steps,
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        strategy=cfg.trainer.strategy,
-        precision=cfg.trainer.precision,
-        callbacks=[EpochCheckpoint(checkpoint_dir, keep=cfg.trainer.keep_checkpoints)],
-        plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(out, name="logs", version=""),
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        use_distributed_sampler=False,
-        enable_progress_bar=enable_progress_bar,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = lightning_trainer(cfg.trainer, out, CSVLogger(out, name="logs", version=""), [], enable_progress_bar)
     train_start = time.perf_counter()
     trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
     train_s = time.perf_counter() - train_start

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from slidr.config import OptimConfig, PretrainConfig
+from slidr.config import OptimConfig, PretrainConfig, TrainerConfig
 from slidr.errors import SlidrError
 from slidr.methods.checkpoint import (
     CHECKPOINT_DIR,
@@ -136,6 +136,15 @@ class SeededDataset(Dataset):
         index, seed = item
         with seeded_rngs(seed):
             return self.dataset[index]
+
+
+def replayable_loader(dataset: Dataset, collate: Callable[[list], dict], trainer_cfg: TrainerConfig,
+                      trainer: L.Trainer, workers: int) -> DataLoader:
+    """Training loader whose order and augmentations are functions of (seed, epoch, rank): resumes replay it."""
+    sampler = EpochSampler(len(dataset), trainer_cfg.seed, trainer.global_rank, trainer.world_size)
+    return DataLoader(SeededDataset(dataset), batch_size=trainer_cfg.batch_size, sampler=sampler,
+                      collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
 class CosineSchedule:
@@ -291,12 +300,7 @@ class PretrainModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset, collate = self.train_dataset()
-        trainer = self.trainer
-        sampler = EpochSampler(len(dataset), self.cfg.trainer.seed, trainer.global_rank, trainer.world_size)
-        workers = self.cfg.data.num_workers
-        return DataLoader(SeededDataset(dataset), batch_size=self.cfg.trainer.batch_size, sampler=sampler,
-                          collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return replayable_loader(dataset, collate, self.cfg.trainer, self.trainer, self.cfg.data.num_workers)
 
     # ---- optimisation --------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -608,9 +612,15 @@ def build_trainer(cfg: PretrainConfig, out_dir: Path, callbacks: Sequence[L.Call
     """The Lightning trainer of a pretraining run (checkpoints, logs, devices, precision from ``cfg``)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    trainer_cfg = cfg.trainer
     # one version folder per attempt: a resumed run appends a new CSV instead of rewriting the previous one
     loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")]
+    return lightning_trainer(cfg.trainer, out_dir, loggers, [TrainingRecord(out_dir), *callbacks],
+                             enable_progress_bar)
+
+
+def lightning_trainer(trainer_cfg: TrainerConfig, out_dir: Path, loggers: Any, callbacks: Sequence[L.Callback],
+                      enable_progress_bar: bool = True) -> L.Trainer:
+    """A training-only Lightning trainer with atomic epoch checkpoints in ``out_dir`` (pretraining, downstream)."""
     return L.Trainer(
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
@@ -621,8 +631,7 @@ def build_trainer(cfg: PretrainConfig, out_dir: Path, callbacks: Sequence[L.Call
         max_steps=trainer_cfg.max_steps,
         limit_train_batches=trainer_cfg.limit_train_batches,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
-        callbacks=[EpochCheckpoint(out_dir / CHECKPOINT_DIR, trainer_cfg.keep_checkpoints),
-                   TrainingRecord(out_dir), *callbacks],
+        callbacks=[EpochCheckpoint(out_dir / CHECKPOINT_DIR, trainer_cfg.keep_checkpoints), *callbacks],
         logger=loggers,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
