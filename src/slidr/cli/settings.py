@@ -328,12 +328,13 @@ def config_classes(cls: type) -> list[type]:
     found: list[type] = []
 
     def visit(hint: Any) -> None:
-        for arg in (hint, *typing.get_args(hint)):
-            if isinstance(arg, type) and dataclasses.is_dataclass(arg) and arg not in found:
-                found.append(arg)
-                for hint_of_field in typing.get_type_hints(arg).values():
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            if hint not in found:
+                found.append(hint)
+                for hint_of_field in typing.get_type_hints(hint).values():
                     visit(hint_of_field)
-            elif typing.get_args(arg):
+        else:
+            for arg in typing.get_args(hint):
                 visit(arg)
 
     visit(cls)
