@@ -87,9 +87,10 @@ class AugmentConfig:
 class SuperpixelConfig:
     """Which precomputed superpixels to use (``slidr superpixels`` writes them)."""
 
-    method: Literal["slic", "fh", "none"] = "slic"
+    method: Literal["slic", "fh", "masks", "none"] = "slic"
     n_segments: int = 150
     root: Optional[str] = None  # default: <index folder>/superpixels
+    source: Optional[str] = None  # method "masks": name of the imported mask set (folder masks_<source>)
 
 
 @dataclass
