@@ -145,11 +145,13 @@ class AugmentConfig(ConfigBase):
 class SuperpixelConfig(ConfigBase):
     """Which precomputed superpixels to use (``slidr superpixels`` writes them)."""
 
-    method: Literal["slic", "fh", "none"] = setting(
+    method: Literal["slic", "fh", "masks", "none"] = setting(
         "slic", help="SLIC (compactness 6, sigma 3) or Felzenszwalb-Huttenlocher (scale 300, sigma 0.35, "
-                     "min_size 4000)")
+                     "min_size 4000), or import masks computed elsewhere (--from)")
     n_segments: int = setting(150, help="SLIC's target number of segments")
     root: Optional[str] = setting(None, help="folder of all superpixel variants (default: <index folder>/superpixels)")
+    source: Optional[str] = setting(
+        None, help="masks: name of the imported mask set, folder masks_<name> (default: the --from folder's name)")
 
     def validate(self, where: str) -> None:
         positive(self.n_segments, subkey(where, "n_segments"))
@@ -432,20 +434,33 @@ class PrepareKittiConfig(ConfigBase):
 
 @dataclass(frozen=True)
 class SuperpixelJobConfig(ConfigBase):
-    """``slidr superpixels``: superpixels of every camera image of an index (resumable, parallel, sharded)."""
+    """``slidr superpixels``: superpixels of every camera image of an index (resumable, parallel, sharded), or
+    masks computed elsewhere imported as superpixels (``superpixels.method: masks``, ``from_dir``)."""
 
     index: str = setting(help="index file written by `slidr prepare`")
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     workers: int = setting(1, help="processes computing in parallel")
     shard: str = setting("0/1", help="compute only share I of N (0-based), e.g. one task of a cluster job array")
     cameras: Optional[list[str]] = setting(None, help="only these camera channels (default: all)")
+    from_dir: Optional[str] = setting(
+        None, help="masks: folder of the mask files, DIR/<CHANNEL>/<image stem>.{png,npz,npy,json} (formats: "
+                   "slidr.data.masks)")
+    fill: Literal["unlabelled", "nearest"] = setting(
+        "unlabelled", help="masks: pixels no mask covers keep id 0, left out of the losses (unlabelled), or take "
+                           "the nearest mask's id")
+    resize_masks: bool = setting(False, help="masks: resample masks of another size than their image (nearest "
+                                             "neighbour)")
 
     def validate(self, where: str) -> None:
         positive(self.workers, subkey(where, "workers"))
         parse_shard(self.shard, subkey(where, "shard"))
+        method_key = subkey(where, "superpixels.method")
         if self.superpixels.method == "none":
-            raise ConfigError(f"{subkey(where, 'superpixels.method')}: 'none' computes nothing; choose slic or fh",
-                              key=subkey(where, "superpixels.method"))
+            raise ConfigError(f"{method_key}: 'none' computes nothing; choose slic, fh or masks", key=method_key)
+        if (self.superpixels.method == "masks") != (self.from_dir is not None):
+            raise ConfigError(f"--from DIR goes with --method masks (and only with it): {method_key} is "
+                              f"{self.superpixels.method}, {subkey(where, 'from_dir')} is {self.from_dir}",
+                              key=subkey(where, "from_dir"))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,15 @@ from slidr.cli.settings import CommandSettings, Flag
 from slidr.config import SuperpixelJobConfig
 
 NAME = "superpixels"
-HELP = "compute superpixel label images (SLIC or Felzenszwalb) for every camera image of an index"
+HELP = "compute superpixel label images (SLIC or Felzenszwalb), or import masks, for every camera image of an index"
 SETTINGS = CommandSettings(SuperpixelJobConfig, flags=[
     Flag("index"),
-    Flag("superpixels.method", choices=("slic", "fh")),
+    Flag("superpixels.method", choices=("slic", "fh", "masks")),
+    Flag("from_dir", option="--from", metavar="DIR"),
+    Flag("superpixels.source", option="--name",
+         help="masks: name of the mask set, read as superpixels.source (default: DIR's name)"),
+    Flag("fill"),
+    Flag("resize_masks"),
     Flag("superpixels.n_segments"),
     Flag("workers"),
     Flag("shard", metavar="I/N"),
@@ -29,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slidr.config import parse_shard
     from slidr.data.index import load_index
+    from slidr.data.masks import image_sizes, import_index_masks, mask_set_name
     from slidr.data.superpixels import compute_index_superpixels, image_jobs, shard_jobs, superpixel_dir
     from slidr.utils.io import write_json
     from slidr.utils.log import logger
@@ -36,13 +42,18 @@ def run(args: argparse.Namespace) -> int:
     cfg: SuperpixelJobConfig = args.settings
     sp = cfg.superpixels
     shard = parse_shard(cfg.shard)
+    source = mask_set_name(cfg.from_dir, sp.source) if sp.method == "masks" else None
     index = load_index(cfg.index)
-    folder = superpixel_dir(cfg.index, sp.method, sp.n_segments, sp.root)
+    folder = superpixel_dir(cfg.index, sp.method, sp.n_segments, sp.root, source)
     jobs = shard_jobs(image_jobs(index.samples, index.root, cfg.cameras), shard)
     report_name = "report.json" if shard[1] == 1 else f"report_shard{shard[0]}of{shard[1]}.json"
     logger.info("%d camera images (shard %d/%d) -> %s", len(jobs), shard[0], shard[1], folder)
-    report = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, cfg.workers,
-                                       show_progress=not args.no_progress, report_name=report_name)
+    if sp.method == "masks":
+        report = import_index_masks(jobs, image_sizes(index.samples), cfg.from_dir, folder, cfg.fill,
+                                    cfg.resize_masks, cfg.workers, not args.no_progress, report_name)
+    else:
+        report = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, cfg.workers,
+                                           show_progress=not args.no_progress, report_name=report_name)
     rate = f", {report['images_per_s']:.2f} images/s" if report["images_per_s"] else ""
     print(f"{report['images']} images: {report['computed']} computed, {report['skipped']} already done{rate}")
     if report["images"]:

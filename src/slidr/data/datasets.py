@@ -99,7 +99,7 @@ class PretrainDataset(_ScanDataset):
         self.superpixel_folder = None
         if sp.method != "none":
             self.superpixel_folder = superpixel_dir(self.index.path or data_cfg.index, sp.method, sp.n_segments,
-                                                    sp.root)
+                                                    sp.root, sp.source)
             if not self.superpixel_folder.is_dir():
                 raise DataError(f"superpixel folder {self.superpixel_folder} does not exist; create it with "
                                 f"`{self.superpixel_command()}`")
@@ -108,6 +108,8 @@ class PretrainDataset(_ScanDataset):
         """The command that computes the superpixels this dataset reads."""
         sp = self.cfg.superpixels
         command = f"slidr superpixels --index {self.index.path or self.cfg.index} --method {sp.method}"
+        if sp.method == "masks":
+            command += f" --from <folder of the mask files> --name {sp.source}"
         if sp.method == "slic" and sp.n_segments != 150:
             command += f" --n-segments {sp.n_segments}"
         if sp.root is not None:

@@ -5,7 +5,8 @@ Where the files are (predictable, so ``slidr inspect`` and the datasets find the
     <root>/<key>/<CHANNEL>/<image file stem>.png
 
 ``root`` defaults to ``<folder of the index file>/superpixels`` (``SuperpixelConfig.root`` overrides it); ``key``
-names the method and every parameter (``slic_n150_c6_s3``, ``fh_k300_s0.35_m4000``), so variants never collide.
+names the method and every parameter (``slic_n150_c6_s3``, ``fh_k300_s0.35_m4000``), so variants never collide;
+masks computed elsewhere and imported by :mod:`slidr.data.masks` go to ``masks_<name>`` (id 0: no mask).
 Each PNG is a standard 16-bit greyscale image holding the label (0, 1, ...) of every pixel at the camera image's
 full resolution; its ``slidr-segments`` text chunk holds the number of segments, so a report over finished files
 needs no decoding. The files are written with filter type 0 (none), which this module decodes with one
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import statistics
 import struct
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -44,7 +46,8 @@ SLIC_SIGMA = 3.0
 FH_SCALE = 300.0
 FH_SIGMA = 0.35
 FH_MIN_SIZE = 4000
-METHODS = ("slic", "fh")
+METHODS = ("slic", "fh", "masks")
+MASK_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_END = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
@@ -57,14 +60,20 @@ _MAX_LABEL = np.iinfo(np.uint16).max
 # --------------------------------------------------------------------------------------------------------------
 
 
-def method_key(method: str, n_segments: int = 150) -> str:
-    """Folder name of a superpixel method and all its parameters, e.g. ``slic_n150_c6_s3``.
+def method_key(method: str, n_segments: int = 150, source: Optional[str] = None) -> str:
+    """Folder name of a superpixel method and all its parameters, e.g. ``slic_n150_c6_s3``, ``masks_sam``.
 
     Parameters
     ----------
-    method : ``"slic"`` or ``"fh"``.
-    n_segments : SLIC's target number of segments (FH has no such parameter and ignores it).
+    method : ``"slic"``, ``"fh"`` or ``"masks"`` (imported, :mod:`slidr.data.masks`).
+    n_segments : SLIC's target number of segments (FH and masks ignore it).
+    source : name of the imported mask set (``"masks"`` only): letters, digits, ``.``, ``_``, ``-``.
     """
+    if method == "masks":
+        if not source or not MASK_SET_NAME.fullmatch(source):
+            raise SlidrError(f"superpixels: method masks needs the name of the imported mask set "
+                             f"(superpixels.source / --name) made of letters, digits, '.', '_', '-', got {source!r}")
+        return f"masks_{source}"
     if method == "slic":
         if n_segments < 1:
             raise SlidrError(f"superpixels: n_segments must be >= 1, got {n_segments}")
@@ -80,9 +89,9 @@ def superpixel_root(index_path: str | Path, root: str | Path | None = None) -> P
 
 
 def superpixel_dir(index_path: str | Path, method: str = "slic", n_segments: int = 150,
-                   root: str | Path | None = None) -> Path:
+                   root: str | Path | None = None, source: Optional[str] = None) -> Path:
     """``<root>/<method key>``: the folder of one method's label PNGs (see the module docstring)."""
-    return superpixel_root(index_path, root) / method_key(method, n_segments)
+    return superpixel_root(index_path, root) / method_key(method, n_segments, source)
 
 
 def superpixel_path(folder: str | Path, channel: str, image: str | Path) -> Path:
@@ -119,6 +128,8 @@ def compute_superpixels(image: np.ndarray, method: str, n_segments: int = 150) -
     """
     from skimage.segmentation import felzenszwalb, slic
 
+    if method == "masks":
+        raise SlidrError("superpixels: masks are not computed by slidr but imported (slidr.data.masks)")
     method_key(method, n_segments)  # validates
     if image.ndim != 3 or image.shape[2] != 3:
         raise SlidrError(f"superpixels: expected an (H, W, 3) RGB image, got shape {image.shape}")
@@ -328,6 +339,8 @@ def compute_index_superpixels(jobs: Sequence[SuperpixelJob], folder: str | Path,
     The report: images, computed, skipped, segments per image (min/median/max), wall time and images/s.
     """
     folder = Path(folder)
+    if method == "masks":
+        raise SlidrError("superpixels: masks are not computed by slidr but imported (slidr.data.masks)")
     method_key(method, n_segments)
     if workers < 1:
         raise SlidrError(f"--workers must be >= 1, got {workers}")
@@ -372,15 +385,17 @@ def compute_index_superpixels(jobs: Sequence[SuperpixelJob], folder: str | Path,
     return report
 
 
-def _run_tasks(todo: list[tuple], workers: int) -> Iterable[tuple[str, int]]:
+def _run_tasks(todo: list[tuple], workers: int, worker: Callable[[tuple], Any] | None = None) -> Iterable[Any]:
+    """``worker`` (default: compute one image's superpixels) applied to every task, in ``workers`` processes."""
+    worker = _compute_one if worker is None else worker
     if workers == 1 or len(todo) <= 1:
-        yield from map(_compute_one, todo)
+        yield from map(worker, todo)
         return
     # fork: workers start instantly and inherit the imports; they use only numpy / scikit-image / Pillow.
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(min(workers, len(todo))) as pool:
-        yield from pool.imap_unordered(_compute_one, todo, chunksize=1)
+        yield from pool.imap_unordered(worker, todo, chunksize=1)
 
 
 def _compute_one(task: tuple[str, str, str, int]) -> tuple[str, int]:
