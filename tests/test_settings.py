@@ -226,7 +226,7 @@ def test_print_config_of_a_paper_config_with_overrides(tmp_path, capsys):
                      "trainer.epochs=3"], capsys)
     printed = yaml.safe_load(text)
     assert printed["optim"]["lr"] == 0.5 and printed["trainer"]["epochs"] == 3
-    assert printed["data"]["superpixels"] == {"method": "slic", "n_segments": 150, "root": None}
+    assert printed["data"]["superpixels"] == {"method": "slic", "n_segments": 150, "root": None, "source": None}
     (tmp_path / "c.yaml").write_text(text)
     assert load_config(PretrainConfig, tmp_path / "c.yaml") == load_config(
         PretrainConfig, "pretrain/slidr_minkunet.yaml", ["trainer.epochs=3"])
