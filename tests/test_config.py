@@ -72,7 +72,8 @@ def test_errors_name_the_file_or_the_override(tmp_path):
         load_config(PretrainConfig, path)
     with pytest.raises(ConfigError, match=r"^trainer.batch_size=-2: trainer.batch_size must be > 0, got -2$"):
         load_config(PretrainConfig, path, ["trainer.epochs=1", "trainer.batch_size=-2"])
-    with pytest.raises(ConfigError, match=r"^trainer.epohcs=3: trainer: unknown key 'epohcs' \(did you mean 'epochs'\?\)"):
+    unknown = r"^trainer.epohcs=3: trainer: unknown key 'epohcs' \(did you mean 'epochs'\?\)"
+    with pytest.raises(ConfigError, match=unknown):
         load_config(PretrainConfig, None, ["trainer.epohcs=3"])
 
 
