@@ -411,7 +411,9 @@ class SynthConfig(ConfigBase):
         at_least(self.seed, 0, subkey(where, "seed"))
         if self.workers is not None:
             positive(self.workers, subkey(where, "workers"))
-        _image_size(self.image_size, subkey(where, "image_size"), 16)
+        if len(self.image_size) != 2 or min(self.image_size) < 64:  # the renderer's MIN_IMAGE_SIDE
+            raise ConfigError(f"{subkey(where, 'image_size')} must be [width, height] with both sides >= 64 px, got "
+                              f"{self.image_size}", key=subkey(where, "image_size"))
 
 
 @dataclass(frozen=True)
@@ -990,11 +992,6 @@ def at_least(value: float, low: float, key: str) -> None:
 def _in_unit_interval(value: float, key: str) -> None:
     if not 0 <= value <= 1:
         raise ConfigError(f"{key} must be in [0, 1], got {value}", key=key)
-
-
-def _image_size(value: list[int], key: str, minimum: int) -> None:
-    if len(value) != 2 or min(value) < minimum:
-        raise ConfigError(f"{key} must be [width, height], each >= {minimum}, got {value}", key=key)
 
 
 def _deep_copy(data: Any) -> Any:
