@@ -98,7 +98,7 @@ class DataConfig:
     """Where the data is and how a sample is turned into tensors."""
 
     dataset: Literal["nuscenes", "semantickitti"] = "nuscenes"
-    index: str = "data/synth/index.json"
+    index: str = "data/synth/index.npz"
     train_split: str = "train"
     val_split: str = "val"
     label_fraction: float = 1.0

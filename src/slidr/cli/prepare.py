@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slidr.data.index import prepare_nuscenes, prepare_semantickitti
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
+    from slidr.data.prepare_semantickitti import prepare_semantickitti
 
     if args.dataset == "nuscenes":
         index = prepare_nuscenes(args.dataroot, args.version, args.out, args.splits)

@@ -19,6 +19,7 @@ import numpy as np
 
 from slidr.config import NUSCENES_CAMERAS
 from slidr.data.classes import NUSCENES_CLASSES, NUSCENES_LEARNING_MAP
+from slidr.data.io import SYNTH_SUMMARY_FILE as SUMMARY_FILE
 from slidr.data.synth import kitti_writer, nuscenes_writer
 from slidr.data.synth.raycast import cast_rays
 from slidr.data.synth.render import lidar_returns, render_image
@@ -33,7 +34,6 @@ from slidr.utils.progress import progress
 FORMATS = ("nuscenes", "semantickitti")
 MIN_IMAGE_SIDE = 64
 CAMERA_RANGE_M = 250.0
-SUMMARY_FILE = "synth_summary.json"
 
 
 @dataclass(frozen=True)
