@@ -134,13 +134,22 @@ class BackboneConfig:
 class ImageModelConfig:
     """The frozen image teacher and its trainable head."""
 
-    encoder: Literal["resnet50", "resnet18", "vit_small", "convnet_small"] = "resnet50"
+    encoder: Literal["resnet50", "resnet18", "vit_small", "dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg",
+                     "dinov2_vitb14_reg", "convnet_small"] = "resnet50"
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
     weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
     out_channels: int = 64
     normalize_output: bool = True
     freeze_encoder: bool = True
+    layers: int = 1  # ViT encoders: patch tokens of the last k blocks, concatenated (k * D channels)
+    final_norm: bool = True  # ViT encoders: through the final LayerNorm; false: pre-norm tokens (ScaLR's x_pre_norm)
+
+    def validate(self, where: str) -> None:
+        _positive(self.layers, f"{where}.layers")
+        if (self.layers != 1 or not self.final_norm) and not self.encoder.startswith(("vit", "dinov2")):
+            raise ConfigError(f"{where}.layers and {where}.final_norm apply to ViT encoders (vit_small, dinov2_*), "
+                              f"not to {self.encoder}")
 
 
 @dataclass
