@@ -257,7 +257,7 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
             labels = scan["part"].astype(np.uint32) | (scan["instance"].astype(np.uint32) << 16)
             kitti_writer.write_frame(root, conditions.index, frame, velodyne, labels, images["CAM_FRONT"][0])
         else:
-            front = rig[1]
+            front = next(s for s in rig if s.channel == "CAM_FRONT")
             calibration = kitti_object_writer.calibration(front)
             labels = annotate.kitti_labels(
                 objects, ego_to_street @ kitti_writer.velodyne_to_ego(),
