@@ -395,11 +395,17 @@ def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw
     height, width = int(image_hw[0]), int(image_hw[1])
     count = len(corners)
     full = np.zeros((count, 4))
-    valid_front = np.zeros(count, dtype=bool)
+    homogeneous_all = corners @ projection[:, :3].T + projection[:, 3]  # (K, 8, 3): u*d, v*d, d
+    depth_all = homogeneous_all[..., 2]
+    # boxes wholly in front of the plane: the extent of their 8 projected corners
+    front = (depth_all >= near).all(axis=1)
+    uv_front = homogeneous_all[front, :, :2] / depth_all[front, :, None]
+    full[front] = np.concatenate([uv_front.min(axis=1), uv_front.max(axis=1)], axis=1)
+    valid_front = front.copy()
     edges = np.array(BOX_EDGES)
-    for k in range(count):
-        homogeneous = np.column_stack([corners[k], np.ones(8)]) @ projection.T  # (8, 3): u*d, v*d, d
-        depth = homogeneous[:, 2]
+    for k in np.flatnonzero(~front & (depth_all >= near).any(axis=1)):  # boxes cut by the plane
+        homogeneous = homogeneous_all[k]
+        depth = depth_all[k]
         keep = [homogeneous[depth >= near]]
         a, b = edges[:, 0], edges[:, 1]
         crossing = (depth[a] >= near) != (depth[b] >= near)
@@ -407,8 +413,6 @@ def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw
             t = (near - depth[a[crossing]]) / (depth[b[crossing]] - depth[a[crossing]])
             keep.append(homogeneous[a[crossing]] + t[:, None] * (homogeneous[b[crossing]] - homogeneous[a[crossing]]))
         points = np.concatenate(keep)
-        if len(points) == 0:
-            continue
         uv = points[:, :2] / points[:, 2:3]
         full[k] = (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max())
         valid_front[k] = True

@@ -123,8 +123,7 @@ def camera_objects(world: World, objects: SceneObjects, camera: Sensor, camera_t
     camera : the camera (intrinsic, size).
     camera_to_street : (4, 4) the camera's pose when the image was rendered.
     pixel_rays : (H * W, 3) the renderer's ray directions in the camera frame
-        (:func:`slidr.data.synth.sensors.camera_rays`): the same array gives the same rays, so that an object's
-        visible pixels are a subset of its silhouette.
+        (:func:`slidr.data.synth.sensors.camera_rays`).
     instance_map : (H, W) int32 instance id seen at each pixel (0: stuff or sky).
     t_max : the rendering's ray length (objects farther away are not seen).
     """
@@ -139,21 +138,25 @@ def camera_objects(world: World, objects: SceneObjects, camera: Sensor, camera_t
     if not image_boxes.valid.any():
         return CameraObjects(visible, silhouette, image_boxes.valid)
     visible[:] = _count_by_object(instance_map, objects)
-    directions = pixel_rays @ camera_to_street[:3, :3].T  # the renderer's own product
-    # every object's pixel rays inside its 2D box, cast in one call against that object's primitives only
+    # the pixels inside each object's 2D box where something else is seen, cast in one call against that object's
+    # primitives only (the pixels showing the object are hits already)
+    seen_instance = instance_map.ravel()
     pixels, owner = [], []
     for k in np.flatnonzero(image_boxes.valid):
         left, top, right, bottom = image_boxes.clipped[k]
         cols = np.arange(math.ceil(left), math.floor(right) + 1)
         rows = np.arange(math.ceil(top), math.floor(bottom) + 1)
-        pixels.append((rows[:, None] * width + cols[None, :]).ravel())
-        owner.append(np.full(pixels[-1].size, k, dtype=np.int64))
+        inside = (rows[:, None] * width + cols[None, :]).ravel()
+        inside = inside[seen_instance[inside] != objects.instance[k]]
+        pixels.append(inside)
+        owner.append(np.full(inside.size, k, dtype=np.int64))
     pixels_all = np.concatenate(pixels)
     owner_all = np.concatenate(owner)
-    hit = hits_of_groups(camera_to_street[:3, 3], directions[pixels_all], owner_all, objects.member_start,
-                         objects.member_items, t_max, world.kinds, world.params)
-    silhouette[:] = np.bincount(owner_all[hit], minlength=count)
-    return CameraObjects(visible, np.maximum(silhouette, visible), image_boxes.valid)
+    directions = pixel_rays[pixels_all] @ camera_to_street[:3, :3].T
+    hit = hits_of_groups(camera_to_street[:3, 3], directions, owner_all, objects.member_start, objects.member_items,
+                         t_max, world.kinds, world.params)
+    silhouette[:] = visible + np.bincount(owner_all[hit], minlength=count)
+    return CameraObjects(visible, silhouette, image_boxes.valid)
 
 
 def _count_by_object(instance_ids: np.ndarray, objects: SceneObjects) -> np.ndarray:
