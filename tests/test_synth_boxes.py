@@ -28,7 +28,8 @@ SEED = TINY_WORLD["seed"]
 # sha256 digests of the tiny world's sensor files, recorded with main's generator (commit bf571d7, before the
 # world had boxes) in this environment (x86-64, requirements.lock): annotating the objects must not change one
 # byte of the point clouds, images, lidarseg labels or semantic maps. Each digest covers the files of a pattern:
-# sha256 over (relative path, sha256 of the file) in sorted path order.
+# sha256 over (relative path, sha256 of the file) in sorted path order. The same digests come out with numpy's
+# AVX-512 code paths disabled (NPY_DISABLE_CPU_FEATURES), so they do not hang on this machine's SIMD extensions.
 SENSOR_DIGESTS = {
     ("nuscenes", "samples/LIDAR_TOP/*"): "5ed6d67c27d1e2491112e8b443e56db0e2694e2b8cc3324a878d7262697b5b2a",
     ("nuscenes", "lidarseg/*/*"): "11cc47a7fe7aa94597fb8d7fe25a88c7e1223c2fb454c75dc64699a639c98ada",
