@@ -64,7 +64,7 @@ def test_sensor_files_are_byte_identical_to_the_world_without_boxes(tiny_nuscene
 # --- object boxes from the primitives -----------------------------------------------------------------------------
 
 
-def _surface_samples(kind: int, params: np.ndarray, count: int = 720) -> np.ndarray:
+def _surface_samples(kind: int, params: np.ndarray, count: int = 360) -> np.ndarray:
     """Points on a primitive's surface (street frame), dense enough to reach its extremes within 1 mm."""
     cx, cy, cz, hx, hy, hz, cos, sin = params
     angle = np.linspace(0, 2 * np.pi, count, endpoint=False)

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -248,7 +249,7 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
                                          root / nuscenes_writer.semantic_file(files[channel]), semantic)
         record["annotations"] = annotate.nuscenes_annotations(world, objects, lidar_to_street, scan["instance"],
                                                               list(seen.values()), settings.lidar.max_range)
-        record["objects"] = _count_names(a["category"] for a in record["annotations"])
+        record["objects"] = dict(Counter(a["category"] for a in record["annotations"]))
     else:
         velodyne = np.empty((len(scan["points"]), 4), dtype=np.float32)
         velodyne[:, :3] = scan["points"][:, :3] @ lidar_to_ego[:3, :3].T  # KITTI axes, same origin
@@ -266,7 +267,7 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
             kitti_object_writer.write_frame(root, kitti_object_writer.frame_id(conditions.index, frame,
                                                                                settings.frames),
                                             velodyne, images[front.channel][0], calibration, labels)
-            record["objects"] = _count_names(name for name in labels.type)
+            record["objects"] = dict(Counter(labels.type))
     if conditions.index == 0 and frame == 0:
         front = next(s for s in rig if s.channel == "CAM_FRONT")
         record["preview"] = {"points": scan["points"], "category": scan["category"],
@@ -274,21 +275,6 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
                              "lidar_to_camera": np.linalg.inv(front.to_ego) @ lidar_to_ego,
                              "intrinsic": front.intrinsic}
     return record
-
-
-def _sum_counts(counts) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for part in counts:
-        for name, count in part.items():
-            total[name] = total.get(name, 0) + count
-    return dict(sorted(total.items()))
-
-
-def _count_names(names) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def lidar_scan(world: World, conditions: SceneConditions, spec: LidarSpec, lidar_to_street: np.ndarray,
@@ -360,7 +346,7 @@ def _summary(settings: SynthSettings, conditions: list[SceneConditions], records
         "ignored_points": int(counts.sum() - sum(class_points.values())),
         "pairs_per_camera": float(np.mean(list(pairs.values()))),
         "pairs_per_camera_by_channel": pairs,
-        "objects": _sum_counts(r.get("objects", {}) for r in records),
+        "objects": dict(sorted(sum((Counter(r.get("objects", {})) for r in records), Counter()).items())),
         "conditions": {
             "rain": sum(c.rain for c in conditions), "night": sum(c.night for c in conditions),
             "boston": sum(c.city == "boston" for c in conditions),
