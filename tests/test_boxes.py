@@ -320,7 +320,7 @@ def test_prepare_kitti_object_on_real_frames(kitti_object_frames, tmp_path):
     from slidr.data.projection import project_points
 
     root = kitti_object_frames.parent  # holds training/
-    index_path = tmp_path / "kitti_object.json"
+    index_path = tmp_path / "kitti_object.npz"
     code = main(["prepare", "kitti-object", "--root", str(root), "--out", str(index_path)])
     assert code == 0
     from slidr.data.index import load_index
@@ -363,18 +363,39 @@ def test_prepare_kitti_object_reads_split_files_and_refuses_bad_input(kitti_obje
     (root / "ImageSets").mkdir()
     (root / "ImageSets" / "train.txt").write_text("000000\n000002\n000004\n")
     (root / "ImageSets" / "val.txt").write_text("000001\n")
-    index = prepare_kitti_object(root, tmp_path / "index.json")
+    index = prepare_kitti_object(root, tmp_path / "index.npz")
     assert index.splits == {"train": ["training/000000", "training/000002"], "val": ["training/000001"]}
     assert [index.samples[i]["frame"] for i in index.sample_indices("val")] == ["000001"]
     (root / "ImageSets" / "val.txt").write_text("frame one\n")
     with pytest.raises(DataError, match="val.txt: 'frame one' is not a frame id"):
-        prepare_kitti_object(root, tmp_path / "index.json")
+        prepare_kitti_object(root, tmp_path / "index.npz")
     (root / "ImageSets" / "val.txt").write_text("000001\n")
     (training / "calib" / "000002.txt").unlink()
     with pytest.raises(DataError, match="000002.txt has no calibration file"):
-        prepare_kitti_object(root, tmp_path / "index.json")
+        prepare_kitti_object(root, tmp_path / "index.npz")
     capsys.readouterr()
-    code = main(["prepare", "kitti-object", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "i.json")])
+    code = main(["prepare", "kitti-object", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "i.npz")])
     assert code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no training/velodyne" in err[0]
+
+
+def test_conversions_agree_with_the_detection_evaluation(kitti_object_frames):
+    """slidr.methods.detection_eval has its own label reader and camera-box conversions (camera boxes
+    [x, y, z, l, h, w, ry]); both must describe the same boxes."""
+    from slidr.methods import detection_eval as E
+
+    rng = np.random.default_rng(6)
+    for frame in FRAMES:
+        calibration, objects, _, velo_to_rect = _real_frame(kitti_object_frames, frame)
+        theirs = E.read_kitti_objects(kitti_object_frames / "label_2" / f"{frame}.txt")
+        keep = np.array([name != "DontCare" for name in theirs.names])
+        np.testing.assert_allclose(theirs.location[keep], objects.location)
+        np.testing.assert_allclose(theirs.dimensions[keep], objects.dimensions)
+        boxes = _random_boxes(rng, 10)
+        location, dimensions, rotation_y = B.lidar_to_kitti_camera(boxes, velo_to_rect)
+        camera = E.lidar_to_camera_boxes(boxes, velo_to_rect)
+        np.testing.assert_allclose(camera[:, :3], location, atol=1e-9)
+        np.testing.assert_allclose(camera[:, [4, 5, 3]], dimensions, atol=1e-9)
+        np.testing.assert_allclose(B.wrap_angle(camera[:, 6] - rotation_y), 0.0, atol=1e-9)
+        np.testing.assert_allclose(E.camera_to_lidar_boxes(camera, velo_to_rect), boxes, atol=1e-6)

@@ -307,7 +307,7 @@ def test_prepare_kitti_object_on_the_synthetic_layout(kitti_object_world, tmp_pa
 
     if "kitti_object" not in index_module.FORMATS:  # added to load_index's formats when integrated
         monkeypatch.setattr(index_module, "FORMATS", (*index_module.FORMATS, "kitti_object"))
-    index = prepare_kitti_object(kitti_object_world, tmp_path / "index.json")
+    index = prepare_kitti_object(kitti_object_world, tmp_path / "index.npz")
     count = TINY_WORLD["scenes"] * TINY_WORLD["frames"]
     assert len(index) == count and set(index.splits) == {"train", "val", "trainval", "parametrizing", "verifying"}
     assert len(index.sample_indices("trainval")) == count

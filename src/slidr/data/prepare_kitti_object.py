@@ -26,8 +26,8 @@ Sample content (``format: "kitti_object"``), in the index's column encoding thro
   ``bbox`` (K, 4), ``dimensions`` (K, 3) h w l, ``location`` (K, 3), ``rotation_y``;
 - ``dontcare``: ``bbox`` (D, 4) of the DontCare regions.
 
-Per-sample arrays of varying length come back from the index as lists; :func:`sample_boxes` and
-:func:`sample_labels` return them as arrays of the documented shapes.
+:func:`sample_boxes` and :func:`sample_labels` return a sample's objects as arrays of the documented shapes, also
+for frames without objects (whose empty leaves the index may return with another trailing shape, or as lists).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _sample(root: Path, folder: Path, part: str, frame: str) -> dict:
         if label.is_file():
             raise DataError(f"KITTI label {label} has no calibration file {calib_file}")
         sample["boxes"] = _boxes_entry(KittiLabels(), np.zeros((0, BOX_DIM)))
-        sample["dontcare"] = {"bbox": []}
+        sample["dontcare"] = {"bbox": np.zeros((0, 4))}
         return sample
     calibration = read_kitti_calibration(calib_file)
     sample["calibration"] = {key: calibration[key] for key in ("P2", "R0_rect", "Tr_velo_to_cam")}
@@ -116,16 +116,14 @@ def _sample(root: Path, folder: Path, part: str, frame: str) -> dict:
     objects = labels.select(care)
     lidar_boxes = kitti_camera_to_lidar(objects.location, objects.dimensions, objects.rotation_y, velo_to_rect)
     sample["boxes"] = _boxes_entry(objects, lidar_boxes)
-    sample["dontcare"] = {"bbox": labels.bbox[~care].tolist()}
+    sample["dontcare"] = {"bbox": labels.bbox[~care]}
     return sample
 
 
 def _boxes_entry(objects: KittiLabels, lidar_boxes: np.ndarray) -> dict:
-    # lists, not arrays: the number of objects varies between samples (the index stores such leaves as JSON)
-    return {"names": list(objects.type), "lidar": lidar_boxes.tolist(), "truncated": objects.truncated.tolist(),
-            "occluded": objects.occluded.tolist(), "alpha": objects.alpha.tolist(), "bbox": objects.bbox.tolist(),
-            "dimensions": objects.dimensions.tolist(), "location": objects.location.tolist(),
-            "rotation_y": objects.rotation_y.tolist()}
+    return {"names": list(objects.type), "lidar": lidar_boxes, "truncated": objects.truncated,
+            "occluded": objects.occluded, "alpha": objects.alpha, "bbox": objects.bbox,
+            "dimensions": objects.dimensions, "location": objects.location, "rotation_y": objects.rotation_y}
 
 
 def _splits(root: Path, frames: dict[str, list[str]]) -> dict[str, list[str]]:

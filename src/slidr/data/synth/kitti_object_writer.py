@@ -6,7 +6,7 @@ same bytes as the SemanticKITTI layout's scans), ``training/image_2/NNNNNN.png``
 and image_2; ``R0_rect`` = identity, the images being rectified; ``Tr_velo_to_cam``; ``Tr_imu_to_velo`` with the
 ego frame as the IMU), ``training/label_2/NNNNNN.txt`` (:func:`slidr.data.synth.annotate.kitti_labels`) and
 ``ImageSets/{train,val,trainval,parametrizing,verifying}.txt``: the frame ids of the scenes of each split of the
-world (the generated splits of :func:`slidr.data.index.nuscenes_splits`, by scene, so no scene is in two
+world (the generated splits of :func:`slidr.data.prepare_nuscenes.nuscenes_splits`, by scene, so no scene is in two
 splits). Frame ``NNNNNN`` = ``scene * frames_per_scene + frame``.
 """
 
@@ -67,7 +67,7 @@ def write_frame(root: Path, frame: str, points: np.ndarray, image: np.ndarray, c
 
 def write_image_sets(root: Path, version: str, scenes: list[SceneConditions], frames_per_scene: int) -> None:
     """``ImageSets/<split>.txt``: the frame ids of every scene of each split, one per line."""
-    from slidr.data.index import nuscenes_splits
+    from slidr.data.prepare_nuscenes import nuscenes_splits
 
     info = {scene.name: {"description": scene.description, "location": scene.location} for scene in scenes}
     splits = nuscenes_splits(version, info, official=False)
