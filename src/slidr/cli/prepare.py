@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                   description="index SemanticKITTI sequences (scans, labels, calibration, poses)")
     kitti.add_argument("--root", required=True, help="dataset folder holding sequences/ (or the sequences folder)")
     kitti.add_argument("--out", required=True, help="index file to write")
+    objects = subparsers.add_parser("kitti-object", help="index the KITTI 3D object benchmark (boxes)",
+                                    description="index KITTI 3D object frames: training/{velodyne,image_2,calib,"
+                                                "label_2}, optional testing/ and ImageSets/*.txt splits")
+    objects.add_argument("--root", required=True, help="folder holding training/ (and testing/, ImageSets/)")
+    objects.add_argument("--out", required=True, help="index file to write")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dataset == "nuscenes":
         index = prepare_nuscenes(args.dataroot, args.version, args.out, args.splits)
+    elif args.dataset == "kitti-object":
+        from slidr.data.prepare_kitti_object import prepare_kitti_object
+
+        index = prepare_kitti_object(args.root, args.out)
     else:
         index = prepare_semantickitti(args.root, args.out)
     print(f"wrote {args.out}: {len(index.samples)} samples, {len(index.scenes)} scenes; splits: "

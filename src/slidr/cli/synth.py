@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes rendering in parallel (default: one per CPU core)")
-    parser.add_argument("--format", dest="fmt", choices=("nuscenes", "semantickitti"), default="nuscenes",
-                        help="on-disk layout (default nuscenes)")
+    parser.add_argument("--format", dest="fmt", choices=("nuscenes", "semantickitti", "kitti-object"),
+                        default="nuscenes", help="on-disk layout (default nuscenes; kitti-object: KITTI 3D object "
+                                                 "layout, front camera, label_2 boxes)")
     parser.add_argument("--version", default="v1.0-trainval",
                         help="nuScenes version folder name (default v1.0-trainval)")
     parser.add_argument("--no-preview", action="store_true", help="do not write the preview pictures")
