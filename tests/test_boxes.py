@@ -31,16 +31,6 @@ def _devkit_box(box: np.ndarray):
     return Box(box[:3], (box[4], box[3], box[5]), Quaternion(axis=(0.0, 0.0, 1.0), angle=box[6]))
 
 
-@pytest.fixture(autouse=True)
-def _index_knows_kitti_object(monkeypatch):
-    # slidr.data.index.load_index accepts the formats of its FORMATS tuple; "kitti_object" is added there when the
-    # index module is integrated with this one (kept here so these tests run before and after that)
-    from slidr.data import index
-
-    if "kitti_object" not in index.FORMATS:
-        monkeypatch.setattr(index, "FORMATS", (*index.FORMATS, "kitti_object"))
-
-
 # --- geometry, against the nuScenes devkit ------------------------------------------------------------------------
 
 

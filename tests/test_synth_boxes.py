@@ -301,12 +301,9 @@ def test_kitti_labels_round_trip_to_the_worlds_boxes(kitti_object_world, tiny_ki
     assert checked > 30 and fractions > 0  # some objects are occluded
 
 
-def test_prepare_kitti_object_on_the_synthetic_layout(kitti_object_world, tmp_path, monkeypatch):
-    from slidr.data import index as index_module
+def test_prepare_kitti_object_on_the_synthetic_layout(kitti_object_world, tmp_path):
     from slidr.data.prepare_kitti_object import prepare_kitti_object, sample_boxes
 
-    if "kitti_object" not in index_module.FORMATS:  # added to load_index's formats when integrated
-        monkeypatch.setattr(index_module, "FORMATS", (*index_module.FORMATS, "kitti_object"))
     index = prepare_kitti_object(kitti_object_world, tmp_path / "index.npz")
     count = TINY_WORLD["scenes"] * TINY_WORLD["frames"]
     assert len(index) == count and set(index.splits) == {"train", "val", "trainval", "parametrizing", "verifying"}

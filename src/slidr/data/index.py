@@ -42,7 +42,7 @@ from slidr.data.transforms import invert_rigid
 from slidr.errors import DataError
 from slidr.utils.io import atomic_path
 
-FORMATS = ("nuscenes", "semantickitti")
+FORMATS = ("nuscenes", "semantickitti", "kitti_object")
 
 
 class SampleList(Sequence):
@@ -124,8 +124,8 @@ class DatasetIndex:
         Parameters
         ----------
         split : a name of :attr:`splits`; ``None`` takes every scene.
-        label_fraction : 1.0 keeps all; below, nuScenes keeps every k-th scene and SemanticKITTI every k-th
-            scan, ``k = round(1 / label_fraction)`` (:mod:`slidr.data.splits`).
+        label_fraction : 1.0 keeps all; below, nuScenes keeps every k-th scene, SemanticKITTI and KITTI object
+            every k-th scan / frame, ``k = round(1 / label_fraction)`` (:mod:`slidr.data.splits`).
 
         Returns
         -------
@@ -143,7 +143,7 @@ class DatasetIndex:
         scene_of_sample = self.samples.column("scene")
         chosen = [i for i, name in enumerate(scene_of_sample) if name in rank]
         chosen.sort(key=lambda i: rank[scene_of_sample[i]])  # stable: keeps time order inside a scene
-        if self.format == "semantickitti" and label_fraction < 1.0:
+        if self.format in ("semantickitti", "kitti_object") and label_fraction < 1.0:
             chosen = every_kth_scan(chosen, label_fraction)
         return np.asarray(chosen, dtype=np.int64)
 
