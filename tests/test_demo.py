@@ -17,7 +17,7 @@ from slidr.data.classes import NUSCENES_CLASSES
 
 def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):
     calls = []
-    index = tmp_path / "world" / "index.json"
+    index = tmp_path / "world" / "index.npz"
 
     def fake_pretrain(cfg, run_dir):
         calls.append(("pretrain", cfg.method, cfg.data.index, cfg.data.train_split, cfg.trainer.epochs))
@@ -65,6 +65,6 @@ def test_a_world_generated_with_other_settings_is_not_reused(tmp_path):
     world.mkdir()
     (world / "synth_summary.json").write_text(
         '{"scenes": 3, "frames_per_scene": 10, "image_size": [480, 270], "seed": 0}')
-    (world / "index.json").write_text("{}")
+    (world / "index.npz").write_text("{}")
     with pytest.raises(SlidrError, match=r"scenes 3 \(wanted 10\)"):
         prepare_world(DemoConfig(world=str(world)))

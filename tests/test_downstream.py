@@ -180,9 +180,9 @@ def test_loss_ignores_unlabelled_voxels():
 
 @pytest.fixture(scope="module")
 def tiny_index(tiny_nuscenes_world, tmp_path_factory):
-    from slidr.data.index import prepare_nuscenes
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
 
-    path = tmp_path_factory.mktemp("downstream") / "index.json"
+    path = tmp_path_factory.mktemp("downstream") / "index.npz"
     prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", path)
     return path
 
@@ -237,20 +237,21 @@ def test_checkpoint_of_other_architecture_or_voxels_is_refused(tiny_index, tmp_p
 def test_label_file_with_unknown_ids_is_refused(tiny_nuscenes_world, tmp_path):
     import shutil
 
-    from slidr.data.index import load_index, prepare_nuscenes
+    from slidr.data.index import load_index
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
     from slidr.errors import DataError
     from slidr.methods.downstream import make_dataset
 
     world = tmp_path / "world"
     shutil.copytree(tiny_nuscenes_world, world, ignore=shutil.ignore_patterns("CAM_*", "semantic", "preview"))
-    prepare_nuscenes(world, "v1.0-trainval", tmp_path / "index.json")
-    index = load_index(tmp_path / "index.json")
+    prepare_nuscenes(world, "v1.0-trainval", tmp_path / "index.npz")
+    index = load_index(tmp_path / "index.npz")
     first = index.sample_indices("train")[0]
     label_file = index.resolve(index.samples[int(first)]["lidarseg"])
     raw = np.fromfile(label_file, dtype=np.uint8)
     raw[:3] = 40  # not one of the 32 lidarseg categories
     raw.tofile(label_file)
-    dataset, _ = make_dataset(tiny_config(tmp_path / "index.json"), "train", False)
+    dataset, _ = make_dataset(tiny_config(tmp_path / "index.npz"), "train", False)
     with pytest.raises(DataError, match=r"unknown nuScenes lidarseg category indices \[40\]"):
         dataset[0]
 

@@ -26,7 +26,8 @@ def _commands() -> list[tuple[list[str], CommandSettings]]:
     found = []
     for module in command_modules():
         if module.NAME == "prepare":
-            found += [(["prepare", "nuscenes"], module.NUSCENES), (["prepare", "semantickitti"], module.SEMANTICKITTI)]
+            found += [(["prepare", "nuscenes"], module.NUSCENES), (["prepare", "semantickitti"], module.SEMANTICKITTI),
+                      (["prepare", "kitti-object"], module.KITTI_OBJECT)]
         elif module.NAME != "evaluate" and getattr(module, "SETTINGS", None) is not None:
             found.append(([module.NAME], module.SETTINGS))
     found += [(["bench", module.NAME], module.SETTINGS) for module in bench_modules()]

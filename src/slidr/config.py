@@ -162,7 +162,7 @@ class DataConfig(ConfigBase):
     """Where the data is and how a sample is turned into tensors."""
 
     dataset: Literal["nuscenes", "semantickitti"] = "nuscenes"
-    index: str = "data/synth/index.json"
+    index: str = "data/synth/index.npz"
     train_split: str = "train"
     val_split: str = "val"
     label_fraction: float = 1.0
@@ -204,16 +204,23 @@ class BackboneConfig(ConfigBase):
 class ImageModelConfig(ConfigBase):
     """The frozen image teacher and its trainable head."""
 
-    encoder: Literal["resnet50", "resnet18", "vit_small", "convnet_small"] = "resnet50"
+    encoder: Literal["resnet50", "resnet18", "vit_small", "dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg",
+                     "dinov2_vitb14_reg", "convnet_small"] = "resnet50"
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
     weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
     out_channels: int = 64
     normalize_output: bool = True
     freeze_encoder: bool = True
+    layers: int = 1  # ViT encoders: patch tokens of the last k blocks, concatenated (k * D channels)
+    final_norm: bool = True  # ViT encoders: through the final LayerNorm; false: pre-norm tokens (ScaLR's x_pre_norm)
 
     def validate(self, where: str) -> None:
         positive(self.out_channels, subkey(where, "out_channels"))
+        positive(self.layers, subkey(where, "layers"))
+        if (self.layers != 1 or not self.final_norm) and not self.encoder.startswith(("vit", "dinov2")):
+            raise ConfigError(f"{subkey(where, 'layers')} and {subkey(where, 'final_norm')} apply to ViT encoders "
+                              f"(vit_small, dinov2_*), not to {self.encoder}", key=subkey(where, "layers"))
 
 
 @dataclass(frozen=True)
@@ -401,7 +408,8 @@ class SynthConfig(ConfigBase):
                                     help="camera image size (width, height); 1600x900 is nuScenes' own")
     seed: int = setting(0, help="random seed: same seed, same dataset")
     workers: Optional[int] = setting(None, help="processes rendering in parallel (default: one per CPU core)")
-    format: Literal["nuscenes", "semantickitti"] = setting("nuscenes", help="on-disk layout")
+    format: Literal["nuscenes", "semantickitti", "kitti-object"] = setting(
+        "nuscenes", help="on-disk layout (kitti-object: KITTI 3D object layout, front camera, label_2 boxes)")
     version: str = setting("v1.0-trainval", help="nuScenes version folder name")
     previews: bool = setting(True, help="write the preview pictures")
 
@@ -432,6 +440,13 @@ class PrepareKittiConfig(ConfigBase):
     """``slidr prepare semantickitti``: index SemanticKITTI sequences (scans, labels, calibration, poses)."""
 
     root: str = setting(help="dataset folder holding sequences/ (or the sequences folder)")
+
+
+@dataclass(frozen=True)
+class PrepareKittiObjectConfig(ConfigBase):
+    """``slidr prepare kitti-object``: index KITTI 3D object frames (boxes)."""
+
+    root: str = setting(help="folder holding training/ (and testing/, ImageSets/)")
 
 
 @dataclass(frozen=True)

@@ -126,10 +126,10 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
 
 def prepare_world(cfg: DemoConfig) -> Path:
     """Generate the world (if absent) and its index; returns the index path."""
-    from slidr.data.index import prepare_nuscenes
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
 
     world = Path(cfg.world)
-    index_path = world / "index.json"
+    index_path = world / "index.npz"
     summary_path = world / "synth_summary.json"
     if summary_path.is_file():
         _check_world_matches(cfg, json.loads(summary_path.read_text()), summary_path)

@@ -79,14 +79,15 @@ def run(args: argparse.Namespace) -> BenchResult:
 
 def _prepare_keyframe(dataroot: str | None, tmp: Path) -> Path:
     from slidr.bench.superpixels import default_realdata
-    from slidr.data.index import load_index, prepare_nuscenes
+    from slidr.data.index import load_index
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
     from slidr.data.superpixels import compute_index_superpixels, image_jobs, superpixel_dir
 
     root = Path(dataroot) if dataroot else default_realdata() / "nuscenes-keyframe"
     if not (root / "v1.0-mini").is_dir():
         raise SlidrError(f"nuScenes keyframe not found at {root} (expected {root}/v1.0-mini); pass --dataroot "
                          f"or --index")
-    index_path = tmp / "index.json"
+    index_path = tmp / "index.npz"
     prepare_nuscenes(root, "v1.0-mini", index_path)
     index = load_index(index_path)
     compute_index_superpixels(image_jobs(index.samples, index.root), superpixel_dir(index_path), "slic",
@@ -171,7 +172,7 @@ def authors_load_sample(index, sample: dict, cfg, rng: np.random.Generator, supe
     from PIL import Image
 
     from slidr.data.augment import IMAGENET_MEAN, IMAGENET_STD, augment_pairs
-    from slidr.data.index import load_scan
+    from slidr.data.scans import load_scan
     from slidr.data.superpixels import superpixel_path
     from slidr.data.voxelize import point_features, voxelize
 

@@ -23,7 +23,7 @@ def run_config(args: argparse.Namespace) -> Path:
 
 
 SETTINGS = CommandSettings(DownstreamConfig, config_path=run_config,
-                           overrides_help="config overrides, e.g. data.index=other/index.json trainer.batch_size=4")
+                           overrides_help="config overrides, e.g. data.index=other/index.npz trainer.batch_size=4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

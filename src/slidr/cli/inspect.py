@@ -58,8 +58,8 @@ def inspect_sample(index, key: str, superpixel_key: str | None = None, superpixe
 
     from slidr.config import VoxelConfig
     from slidr.data.classes import class_names
-    from slidr.data.index import load_scan
     from slidr.data.projection import project_to_cameras
+    from slidr.data.scans import load_scan
     from slidr.data.voxelize import voxelize
 
     position = find_sample(index, key)

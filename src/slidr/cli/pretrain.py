@@ -13,7 +13,7 @@ HELP = "pretrain a 3D backbone without labels (slidr, ppkt, pointcontrast, depth
 SETTINGS = CommandSettings(
     PretrainConfig,
     config_help="YAML config (e.g. configs/pretrain/slidr_minkunet.yaml); default: the paper's SLidR settings",
-    overrides_help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.json",
+    overrides_help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.npz",
     required=["--out"])
 
 

@@ -35,9 +35,10 @@ from slidr.data.augment import (
     transform_image,
     transform_labels,
 )
-from slidr.data.index import DatasetIndex, load_index, load_scan
+from slidr.data.index import DatasetIndex, check_index_dataset, load_index
 from slidr.data.io import open_image
 from slidr.data.projection import project_to_cameras
+from slidr.data.scans import load_scan
 from slidr.data.superpixels import read_label_png, superpixel_dir, superpixel_path
 from slidr.data.voxelize import point_features, voxelize
 from slidr.errors import DataError
@@ -51,6 +52,7 @@ class _ScanDataset(torch.utils.data.Dataset):
     def __init__(self, index: DatasetIndex | str | Path, split: Optional[str], data_cfg: DataConfig,
                  train: bool, label_fraction: float = 1.0):
         self.index = index if isinstance(index, DatasetIndex) else load_index(index)
+        check_index_dataset(self.index, data_cfg.dataset)
         self.cfg = data_cfg
         self.train = train
         self.positions = self.index.sample_indices(split, label_fraction)

@@ -1,15 +1,16 @@
 """The frozen image teacher and its trainable head.
 
-``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder (ResNet-50/18, dilated or not, ViT-S/16, or
-a small convnet for CPU demos) frozen in eval mode, and a head (1x1 convolution to ``out_channels``, bilinear
-upsampling back to the input size, optional L2 normalisation) that trains. ``model(images (B, 3, H, W)) -> (B,
-out, H, W)``; float images are taken as ImageNet-normalised (what the datasets yield), uint8 images are
-normalised inside.
+``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder (ResNet-50/18, dilated or not, ViT-S/16,
+DINOv2 ViT-S/14 or ViT-B/14 with or without registers, or a small convnet for CPU demos) frozen in eval mode, and
+a head (1x1 convolution to ``out_channels``, bilinear upsampling back to the input size, optional L2
+normalisation) that trains. ``model(images (B, 3, H, W)) -> (B, out, H, W)``; float images are taken as
+ImageNet-normalised (what the datasets yield), uint8 images are normalised inside.
 
 Weights come from the local file ``cfg.weights``; nothing is ever downloaded. Accepted files:
 
-- a plain state dict with the encoder's keys (torchvision ResNet files, DINO ViT files, timm ViT files, a file
-  saved from :attr:`ImageTeacher.encoder`); classifier weights (``fc.*``, ``head.*``) are ignored;
+- a plain state dict with the encoder's keys (torchvision ResNet files, DINO ViT files, timm ViT files, DINOv2
+  release files, a file saved from :attr:`ImageTeacher.encoder`); classifier weights (``fc.*``, ``head.*``) are
+  ignored; an encoder with an ``adapt_state_dict`` method renames other layouts first (timm's DINOv2 files);
 - a checkpoint holding it under ``state_dict`` / ``model`` / ``teacher`` / ``model_state_dict`` (MoCo v2: the
   ``state_dict`` entry, with ``module.encoder_q.*`` keys);
 - keys carrying a prefix: ``cfg.weights_prefix`` names it (only keys starting with it are used, stripped of it),
@@ -28,6 +29,7 @@ from torch import nn
 
 from slidr.config import ImageModelConfig
 from slidr.errors import SlidrError
+from slidr.models.dinov2 import DINOV2_ENCODERS
 from slidr.models.resnet import resnet18, resnet50
 from slidr.models.vit import vit_small
 from slidr.models.state_dict import listing, state_dict_problems
@@ -119,10 +121,13 @@ def build_encoder(cfg: ImageModelConfig) -> nn.Module:
     if cfg.encoder == "resnet18":
         return resnet18(dilated=cfg.dilated)
     if cfg.encoder == "vit_small":
-        return vit_small()
+        return vit_small(layers=cfg.layers, final_norm=cfg.final_norm)
+    if cfg.encoder in DINOV2_ENCODERS:
+        return DINOV2_ENCODERS[cfg.encoder](layers=cfg.layers, final_norm=cfg.final_norm)
     if cfg.encoder == "convnet_small":
         return ConvNetSmall()
-    raise SlidrError(f"image.encoder {cfg.encoder!r} is not one of resnet50, resnet18, vit_small, convnet_small")
+    raise SlidrError(f"image.encoder {cfg.encoder!r} is not one of resnet50, resnet18, vit_small, "
+                     f"{', '.join(DINOV2_ENCODERS)}, convnet_small")
 
 
 def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
@@ -155,6 +160,8 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | Non
         raise SlidrError(f"cannot read image weights file {path}: {error}") from None
     state = _find_state_dict(checkpoint, path)
     state = _strip_prefix(state, set(encoder.state_dict()), prefix, path)
+    if hasattr(encoder, "adapt_state_dict"):  # another release's names for the same tensors (timm's DINOv2)
+        state = encoder.adapt_state_dict(state)
     has_classifier = any(key.startswith(_CLASSIFIER_PREFIXES) for key in encoder.state_dict())
     if not has_classifier:
         state = {key: value for key, value in state.items() if not key.startswith(_CLASSIFIER_PREFIXES)}
