@@ -188,8 +188,8 @@ def test_counts_refuse_zero(argv, option, capsys):
 
 def test_options_written_otherwise_are_validated(capsys):
     for argv, expected in ((["synth", "--image-size", "800by450"], "--image-size 800by450: must look like"),
-                           (["synth", "--image-size", "8x4"], "--image-size 8x4: image_size must be [width, height] with both "
-                                                             "sides >= 64 px"),
+                           (["synth", "--image-size", "8x4"],
+                            "--image-size 8x4: image_size must be [width, height] with both sides >= 64 px"),
                            (["superpixels", "--index", "i", "--shard", "4/4"], "--shard 4/4: shard 4/4: need"),
                            (["superpixels", "--index", "i", "--shard", "x"], "--shard x: shard must look like"),
                            (["similarity", "--pretrained", "p", "--point", "1", "seed=3", "pixel=[1, 2]"],
