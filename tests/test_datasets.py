@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -165,10 +166,10 @@ def test_missing_superpixels_say_which_command_makes_them(tmp_path):
     with pytest.raises(DataError, match=r"superpixel file .*tok0_CAM_FRONT.png does not exist; create it with "
                                         r"`slidr superpixels --index .* --method slic`"):
         PretrainDataset(index_path, "train", cfg)[0]
-    cfg.superpixels = SuperpixelConfig(method="slic", n_segments=200)
+    cfg = dataclasses.replace(cfg, superpixels=SuperpixelConfig(method="slic", n_segments=200))
     with pytest.raises(DataError, match="--n-segments 200"):
         PretrainDataset(index_path, "train", cfg)
-    cfg.superpixels = SuperpixelConfig(method="none")
+    cfg = dataclasses.replace(cfg, superpixels=SuperpixelConfig(method="none"))
     assert "superpixels" not in PretrainDataset(index_path, "train", cfg)[0]
 
 
@@ -179,8 +180,7 @@ def test_pretraining_needs_the_configured_cameras(tmp_path):
     index_path = _build_index(tmp_path, num_samples=1, cameras=("CAM_FRONT",))
     with pytest.raises(DataError, match=r"data.cameras.*CAM_BACK.*data.cameras=\[CAM_FRONT\]"):
         PretrainDataset(index_path, "train", _config(index_path))
-    cfg = _config(index_path)
-    cfg.cameras = ["CAM_FRONT"]
+    cfg = dataclasses.replace(_config(index_path), cameras=["CAM_FRONT"])
     assert PretrainDataset(index_path, "train", cfg)[0]["images"].shape[0] == 1
 
 
@@ -211,12 +211,11 @@ def test_downstream_samples_and_collate(tmp_path, fmt):
 def test_an_index_of_another_dataset_is_refused(tmp_path, dataset_class):
     # a nuScenes index read as SemanticKITTI would be scored against 19 unrelated classes
     index_path = _build_index(tmp_path, num_samples=1, superpixels=False)
-    cfg = _config(index_path, "semantickitti")
-    cfg.superpixels = SuperpixelConfig(method="none")
+    cfg = dataclasses.replace(_config(index_path, "semantickitti"), superpixels=SuperpixelConfig(method="none"))
     with pytest.raises(DataError, match=r"index .*index.json holds nuscenes samples but data.dataset is "
                                         r"'semantickitti'; set data.dataset=nuscenes"):
         dataset_class(index_path, "train", cfg)
-    cfg.dataset = "nuscenes"
+    cfg = dataclasses.replace(cfg, dataset="nuscenes")
     assert len(dataset_class(index_path, "train", cfg)) == 1
 
 
@@ -339,7 +338,7 @@ def test_end_to_end_semantickitti(tiny_kitti_world, tmp_path):
                      superpixels=SuperpixelConfig(method="fh"), augment=AugmentConfig(min_pairs=200))
     with pytest.raises(DataError, match=r"SemanticKITTI pretraining needs the cameras .*image_2"):
         PretrainDataset(index_path, None, cfg)
-    cfg.cameras = ["image_2"]
+    cfg = dataclasses.replace(cfg, cameras=["image_2"])
     assert main(["superpixels", "--index", str(index_path), "--method", "fh", "--no-progress"]) == 0
     batch = collate_pretrain([PretrainDataset(index_path, None, cfg)[i] for i in range(2)])
     assert batch["images"].shape == (2, 3, 64, 112) and len(batch["pairing_points"]) > 200

@@ -10,6 +10,7 @@ import pytest
 from slidr.errors import SlidrError
 
 import slidr.demo as demo
+from slidr.config import DemoConfig, load_config
 from slidr.methods.metrics import summarize
 from slidr.data.classes import NUSCENES_CLASSES
 
@@ -34,7 +35,8 @@ def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "pretrain", fake_pretrain)
     monkeypatch.setattr(demo, "probe", fake_probe)
     monkeypatch.setattr(demo, "run_analysis", lambda *args: {"files": {}, "results": {}})
-    results = demo.run_demo(tmp_path / "out", pretrain_overrides=["trainer.epochs=1"])
+    cfg = load_config(DemoConfig, demo.DEFAULT_CONFIG, ["pretrain.*.trainer.epochs=1"])
+    results = demo.run_demo(tmp_path / "out", cfg)
 
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(written["linear_probe"]) == {"slidr", "ppkt", "random"}

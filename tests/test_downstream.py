@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import slidr.methods.downstream as downstream
-from slidr.config import DownstreamConfig, load_config
+from slidr.config import DownstreamConfig, load_config, with_changes
 from slidr.errors import SlidrError
 from slidr.methods.downstream import DownstreamModule, run_downstream, segmentation_loss
 
@@ -100,8 +100,8 @@ def test_linear_probe_on_separable_features_is_near_perfect(tiny_world, tmp_path
 
 def test_probe_freezes_backbone_and_batch_norm_statistics(tiny_world, tmp_path):
     cfg, factory = tiny_world
-    cfg.cache_features = False  # run the backbone every step: its weights and statistics must still not move
-    cfg.trainer.epochs = 2
+    # run the backbone every step: its weights and statistics must still not move
+    cfg = with_changes(cfg, {"cache_features": False, "trainer.epochs": 2})
     before = {}
 
     original = DownstreamModule.__init__
@@ -127,8 +127,7 @@ def test_probe_freezes_backbone_and_batch_norm_statistics(tiny_world, tmp_path):
 
 def test_finetune_uses_separate_learning_rates(tiny_world):
     cfg, factory = tiny_world
-    cfg.mode = "finetune"
-    cfg.optim.lr, cfg.optim.lr_head = 0.02, 2.0
+    cfg = with_changes(cfg, {"mode": "finetune", "optim.lr": 0.02, "optim.lr_head": 2.0})
     scans, _ = factory(cfg, "train", True)
     module = DownstreamModule(TinyBackbone(6, NUM_CLASSES), cfg, NUM_CLASSES, False, scans, collate)
     module.trainer = type("T", (), {"estimated_stepping_batches": 10, "max_steps": -1, "max_epochs": 5})()
@@ -145,14 +144,13 @@ def test_finetune_uses_separate_learning_rates(tiny_world):
 
 def test_finetune_runs_and_resume_refuses_to_overwrite(tiny_world, tmp_path):
     cfg, factory = tiny_world
-    cfg.mode = "finetune"
-    cfg.trainer.epochs = 2
+    cfg = with_changes(cfg, {"mode": "finetune", "trainer.epochs": 2})
     summary = run_downstream(cfg, tmp_path / "ft", dataset_factory=factory, enable_progress_bar=False)
     assert not summary["cached_features"]
     assert (tmp_path / "ft" / "checkpoints").is_dir()
     with pytest.raises(SlidrError, match="already holds checkpoints"):
         run_downstream(cfg, tmp_path / "ft", dataset_factory=factory, enable_progress_bar=False)
-    cfg.trainer.epochs = 3
+    cfg = with_changes(cfg, {"trainer.epochs": 3})
     resumed = run_downstream(cfg, tmp_path / "ft", resume=True, dataset_factory=factory, enable_progress_bar=False)
     assert len(resumed["epoch_losses"]) == 3
     assert resumed["epoch_losses"][:2] == summary["epoch_losses"]
@@ -160,7 +158,7 @@ def test_finetune_runs_and_resume_refuses_to_overwrite(tiny_world, tmp_path):
 
 def test_empty_validation_split_is_an_error(tiny_world, tmp_path):
     cfg, factory = tiny_world
-    cfg.data.val_split = "nothing"
+    cfg = with_changes(cfg, {"data.val_split": "nothing"})
     with pytest.raises(SlidrError, match="'nothing'.*no samples"):
         run_downstream(cfg, tmp_path / "empty", dataset_factory=factory, enable_progress_bar=False)
 
@@ -231,7 +229,7 @@ def test_checkpoint_of_other_architecture_or_voxels_is_refused(tiny_index, tmp_p
     same = export_pretrained(tmp_path / "same.pt", build_backbone(cfg.backbone), None, cfg, "slidr")
     model, info = build_segmentation_model(cfg, NUM_CLASSES, str(same))
     assert info["skipped"] == ["final.weight", "final.bias"]  # 64-d pretraining head left out
-    cfg.data.voxel.size = 0.2
+    cfg = with_changes(cfg, {"data.voxel.size": 0.2})
     with pytest.raises(SlidrError, match="voxel settings.*size: pretrained 0.1 vs now 0.2"):
         build_segmentation_model(cfg, NUM_CLASSES, str(same))
 

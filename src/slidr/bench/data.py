@@ -23,11 +23,15 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from slidr.bench import BenchResult
+from slidr.cli.settings import CommandSettings, Flag
+from slidr.config import ConfigBase, at_least, setting, subkey
 from slidr.errors import SlidrError
 
 NAME = "data"
@@ -35,14 +39,29 @@ HELP = "time the stages of loading a pretraining sample (real nuScenes keyframe)
 STAGES = ("read", "project", "augment", "decode", "normalize", "superpixels", "voxelize")
 
 
+@dataclass(frozen=True)
+class DataBenchConfig(ConfigBase):
+    """``slidr bench data``: which keyframe is loaded, how often, on how many threads."""
+
+    dataroot: Optional[str] = setting(
+        None, help="nuScenes dataroot to index (default: the real keyframe <realdata>/nuscenes-keyframe)")
+    index: Optional[str] = setting(None, help="use this index and its SLIC superpixels instead of preparing --dataroot")
+    repeats: int = setting(10, help="loads per path")
+    threads: int = setting(1, help="torch threads (default 1: one core)")
+    reference: bool = setting(True, help="also time the authors' loading path")
+
+    def validate(self, where: str) -> None:
+        at_least(self.repeats, 1, subkey(where, "repeats"))
+        at_least(self.threads, 1, subkey(where, "threads"))
+
+
+SETTINGS = CommandSettings(DataBenchConfig, flags=[
+    Flag("dataroot"), Flag("index"), Flag("repeats"), Flag("threads"),
+    Flag("reference", option="--no-reference", negate=True, help="skip the authors' path")])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataroot", default=None,
-                        help="nuScenes dataroot to index (default: the real keyframe <realdata>/nuscenes-keyframe)")
-    parser.add_argument("--index", default=None,
-                        help="use this index and its SLIC superpixels instead of preparing --dataroot")
-    parser.add_argument("--repeats", type=int, default=10, help="loads per path (default 10)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the authors' path")
+    SETTINGS.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> BenchResult:
@@ -50,11 +69,12 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     from slidr.config import DataConfig
 
-    torch.set_num_threads(args.threads)
+    cfg: DataBenchConfig = args.settings
+    torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="slidr-bench-data-") as tmp:
-        index_path = Path(args.index) if args.index else _prepare_keyframe(args.dataroot, Path(tmp))
-        cfg = DataConfig(index=str(index_path))
-        return _measure(index_path, cfg, args.repeats, not args.no_reference)
+        index_path = Path(cfg.index) if cfg.index else _prepare_keyframe(cfg.dataroot, Path(tmp))
+        data_cfg = DataConfig(index=str(index_path))
+        return _measure(index_path, data_cfg, cfg.repeats, cfg.reference)
 
 
 def _prepare_keyframe(dataroot: str | None, tmp: Path) -> Path:

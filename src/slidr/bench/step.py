@@ -10,32 +10,32 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from slidr.bench import BenchResult
+from slidr.cli.settings import CommandSettings, count
+from slidr.config import PretrainConfig
 
 NAME = "step"
 HELP = "time per SLidR/PPKT training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain" / "demo_cpu.yaml"
 STAGES = ("data_ms", "image_ms", "points_ms", "loss_ms", "backward_ms", "optimizer_ms")
+SETTINGS = CommandSettings(PretrainConfig, default_config="pretrain/demo_cpu.yaml",
+                           config_help="pretraining config (set data.index=...)",
+                           overrides_help="config overrides by dotted path")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=str(DEFAULT_CONFIG),
-                        help="pretraining config (default: configs/pretrain/demo_cpu.yaml; set data.index=...)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default 3)")
+    SETTINGS.add_arguments(parser)
+    parser.add_argument("--steps", type=count(1), default=3, help="timed steps after one warm-up step (default 3)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides by dotted path")
 
 
 def run(args: argparse.Namespace) -> BenchResult:
     import torch
 
-    from slidr.config import PretrainConfig, load_config
     from slidr.methods.pretrain import ImageToLidarModule, SeededDataset, build_optimizer, derive_seed
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg: PretrainConfig = args.settings
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else

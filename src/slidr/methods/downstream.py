@@ -518,10 +518,10 @@ def load_downstream_config(path: Optional[str], overrides: list[str], mode: str,
     from slidr.config import load_config
 
     cfg = load_config(DownstreamConfig, path, overrides)
-    cfg.mode = mode  # type: ignore[assignment]
     if pretrained is not None:
-        cfg.pretrained = None if pretrained.lower() in ("none", "null", "random") else pretrained
-    return cfg
+        cfg = dataclasses.replace(cfg, pretrained=None if pretrained.lower() in ("none", "null", "random")
+                                  else pretrained)
+    return dataclasses.replace(cfg, mode=mode)
 
 
 def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: str,
