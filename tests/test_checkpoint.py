@@ -8,7 +8,7 @@ from torch import nn
 
 from slidr.config import PretrainConfig, VoxelConfig
 from slidr.errors import SlidrError
-from slidr.methods.checkpoint import export_pretrained, latest_checkpoint, load_backbone, save_atomic
+from slidr.engine.checkpoint import export_pretrained, latest_checkpoint, load_backbone, save_atomic
 
 
 def _net(out: int = 4) -> nn.Module:

@@ -219,7 +219,7 @@ def test_empty_validation_split_of_real_index(tiny_index, tmp_path):
 
 
 def test_checkpoint_of_other_architecture_or_voxels_is_refused(tiny_index, tmp_path):
-    from slidr.methods.checkpoint import export_pretrained
+    from slidr.engine.checkpoint import export_pretrained
     from slidr.methods.downstream import build_segmentation_model
     from slidr.models.unet import build_backbone
 

@@ -17,8 +17,12 @@ from torch.utils.data import Dataset
 
 from slidr.config import load_config, PretrainConfig
 from slidr.errors import SlidrError
-from slidr.methods.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint
-from slidr.methods.pretrain import CosineSchedule, EpochSampler, PretrainModule, gather_with_grad, run_pretraining
+from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint
+from slidr.engine.data import EpochSampler
+from slidr.engine.distributed import gather_with_grad
+from slidr.engine.module import PretrainModule
+from slidr.engine.optim import CosineSchedule
+from slidr.methods.pretrain import run_pretraining
 
 
 class NoisyPoints(Dataset):

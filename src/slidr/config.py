@@ -4,6 +4,9 @@ Every setting of every command lives in one of the dataclasses below. A YAML fil
 fields; the command line overrides single fields with ``dotted.path=value`` (the value is parsed as YAML, so
 ``trainer.epochs=3``, ``data.image_size=[224,416]`` and ``image.weights=null`` all work). Unknown keys, wrong
 types and out-of-range values raise :class:`ConfigError` naming the key and, for unknown keys, the valid ones.
+Fields that name a registered entry (``method``, ``backbone.name``, ``image.encoder``, ``optim.optimizer``) are
+typed ``Annotated[str, RegistryName(kind)]``: their allowed values are the names of that registry
+(:mod:`slidr.registry`), which is imported only when such a field is checked.
 
 The files in ``configs/`` reproduce the paper's settings by name, e.g. ``configs/pretrain/slidr_minkunet.yaml``.
 """
@@ -16,11 +19,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Literal, Optional, TypeVar
 
 import yaml
 
-from slidr.errors import SlidrError
+from slidr.errors import ConfigError
+from slidr.registry import RegistryName
 
 T = TypeVar("T")
 
@@ -32,10 +36,6 @@ NUSCENES_CAMERAS = (
     "CAM_BACK_LEFT",
     "CAM_FRONT_LEFT",
 )
-
-
-class ConfigError(SlidrError, ValueError):
-    """A configuration file or override is invalid; the message names the key and what is wrong."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ class DataConfig:
 class BackboneConfig:
     """The 3D sparse U-Net."""
 
-    name: Literal["minkunet34", "minkunet18", "minkunet14", "minkunet34_half", "minkunet14_half"] = "minkunet34"
+    name: Annotated[str, RegistryName("backbone")] = "minkunet34"  # slidr.models.BACKBONES
     in_channels: int = 1
     out_channels: int = 64
     bn_momentum: float = 0.05
@@ -133,7 +133,7 @@ class BackboneConfig:
 class ImageModelConfig:
     """The frozen image teacher and its trainable head."""
 
-    encoder: Literal["resnet50", "resnet18", "vit_small", "convnet_small"] = "resnet50"
+    encoder: Annotated[str, RegistryName("image_encoder")] = "resnet50"  # slidr.models.IMAGE_ENCODERS
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
     weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
@@ -164,7 +164,7 @@ class LossConfig:
 class OptimConfig:
     """Optimizer and learning-rate schedule."""
 
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Annotated[str, RegistryName("optimizer")] = "sgd"  # slidr.engine.optim.OPTIMIZERS
     lr: float = 0.5
     lr_head: Optional[float] = None  # downstream fine-tuning: separate learning rate of the classifier
     momentum: float = 0.9
@@ -225,7 +225,7 @@ class ScanPairConfig:
 class PretrainConfig:
     """``slidr pretrain``: self-supervised pretraining of the 3D backbone."""
 
-    method: Literal["slidr", "ppkt", "pointcontrast", "depthcontrast"] = "slidr"
+    method: Annotated[str, RegistryName("method")] = "slidr"  # slidr.methods.METHODS
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
@@ -247,10 +247,15 @@ class DownstreamConfig:
     # probe: standardise the frozen features with training statistics before the classifier (MAE's linear-probe
     # practice), folded into ``final`` afterwards; false = the authors' plain linear layer on raw features
     standardize_features: bool = True
+    val_every_n_epochs: int = 0  # evaluate data.val_split during training every N epochs (0: only after training)
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def validate(self, where: str) -> None:
+        if self.val_every_n_epochs < 0:
+            raise ConfigError(f"{where}.val_every_n_epochs must be >= 0 (0: no validation during training)")
 
 
 @dataclass
@@ -333,7 +338,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Recursively build dataclass ``cls`` from a mapping, checking keys, types and each ``validate``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
@@ -376,6 +381,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
+        return value
+    if origin is Annotated:  # a base type plus checks, e.g. RegistryName: the value names a registered entry
+        value = _coerce(value, args[0], where)
+        for check in hint.__metadata__:
+            if hasattr(check, "check"):
+                value = check.check(value, where)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

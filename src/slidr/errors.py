@@ -7,3 +7,11 @@ class SlidrError(Exception):
 
 class DataError(SlidrError):
     """A data file is missing, truncated or inconsistent; the message names the file and what is wrong."""
+
+
+class ConfigError(SlidrError, ValueError):
+    """A configuration file or override is invalid; the message names the key and what is wrong.
+
+    Also importable as ``slidr.config.ConfigError``; defined here so that :mod:`slidr.registry` (which the config
+    layer uses to check names) can raise it without importing the config module.
+    """

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slidr.models import IMAGE_ENCODERS
+
 
 class PatchEmbed(nn.Module):
     def __init__(self, patch_size: int, embed_dim: int) -> None:
@@ -129,6 +131,7 @@ class VisionTransformer(nn.Module):
         return self.head(self.tokens(x)[:, 0])
 
 
+@IMAGE_ENCODERS.register("vit_small")
 def vit_small(patch_size: int = 16, num_classes: int = 0) -> VisionTransformer:
     """ViT-S: 384 channels, 12 blocks, 6 heads (DINO's ``vit_small``, timm's ``vit_small_patch16_224``)."""
     return VisionTransformer(patch_size=patch_size, embed_dim=384, depth=12, num_heads=6, num_classes=num_classes)
