@@ -6,10 +6,13 @@ import argparse
 import json
 
 NAME = "pretrain"
-HELP = "pretrain a 3D backbone without labels (slidr, ppkt, pointcontrast, depthcontrast)"
+HELP = "pretrain a 3D backbone without labels (method=NAME: SLidR, its baselines, any registered method)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from slidr.registry import RegistryHelpFormatter
+
+    parser.formatter_class = RegistryHelpFormatter  # lists registered names, only when --help is shown
     parser.add_argument("--config", metavar="FILE", help="YAML config (e.g. configs/pretrain/slidr_minkunet.yaml); "
                         "default: the paper's SLidR settings")
     parser.add_argument("--out", metavar="DIR", required=True,
@@ -17,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.json")
+                        help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.json; "
+                        "method: {names:method}; backbone.name: {names:backbone}; image.encoder: "
+                        "{names:image_encoder}; optim.optimizer: {names:optimizer}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -285,6 +285,14 @@ class DownstreamModule(L.LightningModule):
         logits = self.model(sparse_input(batch))
         metric.update(point_predictions(logits, batch["inverse_map"]), batch["labels"])
 
+    def on_validation_epoch_start(self) -> None:
+        # fresh state tensors in this process: under ddp_spawn on CPU the module's tensors arrive in shared memory,
+        # and metric states (not buffers, so not un-shared by Lightning) would be one sum shared by all processes
+        self.val_confusion.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()  # see on_validation_epoch_start
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_batch(batch, self.val_confusion)
 
