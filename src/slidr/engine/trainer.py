@@ -46,8 +46,6 @@ def lightning_trainer(trainer_cfg: TrainerConfig, out_dir: Path, loggers: Any, c
 
     ``val_every_n_epochs`` > 0 runs the module's validation every that many epochs (0: never during training).
     """
-    validation = {"check_val_every_n_epoch": val_every_n_epochs} if val_every_n_epochs > 0 else {
-        "limit_val_batches": 0}
     return L.Trainer(
         accelerator=trainer_cfg.accelerator,
         devices=trainer_cfg.devices,
@@ -65,7 +63,8 @@ def lightning_trainer(trainer_cfg: TrainerConfig, out_dir: Path, loggers: Any, c
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        **validation,
+        check_val_every_n_epoch=max(1, val_every_n_epochs),
+        limit_val_batches=None if val_every_n_epochs > 0 else 0,  # None: every validation batch
     )
 
 
