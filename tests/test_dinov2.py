@@ -18,7 +18,8 @@ from torch import nn
 
 from slidr.config import ConfigError, ImageModelConfig, PretrainConfig, load_config
 from slidr.errors import SlidrError
-from slidr.models.dinov2 import DINOV2_ENCODERS, dinov2_vitb14
+from slidr.models import IMAGE_ENCODERS
+from slidr.models.dinov2 import dinov2_vitb14
 from slidr.models.image import build_image_model, load_encoder_weights
 
 RELEASE_KEYS = {
@@ -39,12 +40,12 @@ TIMM_KEYS = {
 def small_models():
     """Randomly initialised ViT-S/14 without and with registers, built once (copy before changing them)."""
     torch.manual_seed(0)
-    return {name: DINOV2_ENCODERS[name]().eval() for name in ("dinov2_vits14", "dinov2_vits14_reg")}
+    return {name: IMAGE_ENCODERS.get(name)().eval() for name in ("dinov2_vits14", "dinov2_vits14_reg")}
 
 
 def _meta_encoder(name: str, **settings):
     with torch.device("meta"):
-        return DINOV2_ENCODERS[name](**settings)
+        return IMAGE_ENCODERS.get(name)(**settings)
 
 
 def _random_state(key_list: str, broadcast: bool = False) -> dict[str, torch.Tensor]:

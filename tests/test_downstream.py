@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ from torch import nn
 import slidr.methods.downstream as downstream
 from slidr.config import DownstreamConfig, load_config, with_changes
 from slidr.errors import SlidrError
-from slidr.methods.downstream import DownstreamModule, run_downstream, segmentation_loss
+from slidr.engine.trainer import evaluation_trainer
+from slidr.methods.downstream import DownstreamModule, evaluate_confusion, run_downstream, segmentation_loss
 
 NUM_CLASSES = 16  # nuScenes
 
@@ -125,6 +128,56 @@ def test_probe_freezes_backbone_and_batch_norm_statistics(tiny_world, tmp_path):
     assert after["final.weight"].shape == initial.shape and not torch.equal(initial, after["final.weight"])
 
 
+def _brute_force_confusion(model: nn.Module, scans: list[dict]) -> torch.Tensor:
+    """Per scan, per original point: (true class, argmax class) counted in a plain loop (labels 0 skipped)."""
+    counts = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    with torch.no_grad():
+        for scan in scans:
+            voxels = SimpleNamespace(feats=torch.from_numpy(scan["voxel_feats"]))  # what TinyBackbone reads
+            voxel_class = model(voxels).argmax(1).numpy()
+            for point, label in enumerate(scan["labels"]):
+                if label > 0:
+                    counts[label - 1, voxel_class[scan["inverse_map"][point]]] += 1
+    return torch.from_numpy(counts)
+
+
+def test_two_process_evaluation_equals_one_process_and_brute_force(tiny_world):
+    """The test loop of 2 gloo processes (scans split 3 / 2, batches of 2) sums to the 1-process confusion matrix."""
+    cfg, factory = tiny_world
+    rng = np.random.default_rng(5)
+    codes = rng.normal(size=(NUM_CLASSES + 1, 6)).astype(np.float32)
+    scans = [make_scan(rng, [1, 2, 3, 5, 8, 13], codes) for _ in range(5)]
+    torch.manual_seed(3)
+    model = TinyBackbone(6, NUM_CLASSES).eval()
+    expected = _brute_force_confusion(model, scans)
+    assert expected.sum() == sum(int((scan["labels"] > 0).sum()) for scan in scans)
+    confusions = {}
+    for devices in (1, 2):
+        run_cfg = load_config(DownstreamConfig, None, ["trainer.accelerator=cpu", f"trainer.devices={devices}",
+                                                       "trainer.batch_size=2", "trainer.num_threads=1",
+                                                       f"trainer.strategy={'ddp_spawn' if devices > 1 else 'auto'}"])
+        module = DownstreamModule(model, run_cfg, NUM_CLASSES, False, eval_set=scans, eval_collate=collate)
+        confusions[devices] = evaluate_confusion(evaluation_trainer(run_cfg.trainer, enable_progress_bar=False),
+                                                 module)
+    assert confusions[1].dtype == torch.int64
+    assert torch.equal(confusions[1], expected)
+    assert torch.equal(confusions[2], confusions[1])
+
+
+def test_validation_during_training_logs_a_curve(tiny_world, tmp_path):
+    cfg, factory = tiny_world
+    cfg = dataclasses.replace(cfg, val_every_n_epochs=10)
+    summary = run_downstream(cfg, tmp_path / "probe", dataset_factory=factory, enable_progress_bar=False)
+    rows = (tmp_path / "probe" / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [dict(zip(header, row.split(","))) for row in rows[1:]]
+    curve = [(int(r["epoch"]), float(r["val_miou"])) for r in values if r.get("val_miou")]
+    assert [epoch for epoch, _ in curve] == [9, 19, 29]  # every 10 of the 30 epochs
+    assert curve[-1][1] > curve[0][1] - 1e-6 and curve[-1][1] > 90.0
+    # the last validation saw the final classifier: the same score as the final evaluation (folded layer)
+    assert curve[-1][1] == pytest.approx(summary["miou"], abs=0.5)
+
+
 def test_finetune_uses_separate_learning_rates(tiny_world):
     cfg, factory = tiny_world
     cfg = with_changes(cfg, {"mode": "finetune", "optim.lr": 0.02, "optim.lr_head": 2.0})
@@ -217,7 +270,7 @@ def test_empty_validation_split_of_real_index(tiny_index, tmp_path):
 
 
 def test_checkpoint_of_other_architecture_or_voxels_is_refused(tiny_index, tmp_path):
-    from slidr.methods.checkpoint import export_pretrained
+    from slidr.engine.checkpoint import export_pretrained
     from slidr.methods.downstream import build_segmentation_model
     from slidr.models.unet import build_backbone
 

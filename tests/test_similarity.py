@@ -49,7 +49,7 @@ def test_similarity_figure_on_tiny_world(tiny_nuscenes_world, tmp_path):
     from slidr.analysis.similarity import similarity_figure
     from slidr.config import PretrainConfig, load_config
     from slidr.data.prepare_nuscenes import prepare_nuscenes
-    from slidr.methods.checkpoint import export_pretrained
+    from slidr.engine.checkpoint import export_pretrained
     from slidr.models.image import build_image_model
     from slidr.models.unet import build_backbone
 

@@ -7,7 +7,10 @@ module). A YAML file gives any subset of the fields; the command line overrides 
 the command line is read according to the setting's type: a string setting keeps the text as typed (``00``
 stays ``"00"``), a number setting accepts every number Python's ``float()`` / ``int()`` reads, ``null`` is
 ``None``. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key, where it
-was set and, for unknown keys, the valid ones.
+was set and, for unknown keys, the valid ones. Fields that name a registered entry (``method``,
+``backbone.name``, ``image.encoder``, ``optim.optimizer``) are typed ``Annotated[str, RegistryName(kind)]``:
+their allowed values are the names of that registry (:mod:`slidr.registry`), imported only when such a field is
+checked.
 
 Rules of composition:
 
@@ -34,11 +37,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, TypeVar
 
 import yaml
 
-from slidr.errors import SlidrError
+from slidr.errors import ConfigError
+from slidr.registry import RegistryName
 
 T = TypeVar("T")
 
@@ -51,19 +55,6 @@ NUSCENES_CAMERAS = (
     "CAM_FRONT_LEFT",
 )
 KNN_CLASSES = ("vegetation", "car", "pedestrian")  # classes of ``slidr knn`` by default
-
-
-class ConfigError(SlidrError, ValueError):
-    """A configuration file or override is invalid; the message names the key and what is wrong.
-
-    ``key`` is the dotted key the error is about (``None`` when it concerns several), ``missing`` is true when a
-    required setting was not given.
-    """
-
-    def __init__(self, message: str, key: Optional[str] = None, missing: bool = False) -> None:
-        super().__init__(message)
-        self.key = key
-        self.missing = missing
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str,
@@ -187,7 +178,7 @@ class DataConfig(ConfigBase):
 class BackboneConfig(ConfigBase):
     """The 3D sparse U-Net."""
 
-    name: Literal["minkunet34", "minkunet18", "minkunet14", "minkunet34_half", "minkunet14_half"] = "minkunet34"
+    name: Annotated[str, RegistryName("backbone")] = "minkunet34"  # slidr.models.BACKBONES
     in_channels: int = 1
     out_channels: int = 64
     bn_momentum: float = 0.05
@@ -204,8 +195,7 @@ class BackboneConfig(ConfigBase):
 class ImageModelConfig(ConfigBase):
     """The frozen image teacher and its trainable head."""
 
-    encoder: Literal["resnet50", "resnet18", "vit_small", "dinov2_vits14", "dinov2_vitb14", "dinov2_vits14_reg",
-                     "dinov2_vitb14_reg", "convnet_small"] = "resnet50"
+    encoder: Annotated[str, RegistryName("image_encoder")] = "resnet50"  # slidr.models.IMAGE_ENCODERS
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
     weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
@@ -248,7 +238,7 @@ class LossConfig(ConfigBase):
 class OptimConfig(ConfigBase):
     """Optimizer and learning-rate schedule."""
 
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Annotated[str, RegistryName("optimizer")] = "sgd"  # slidr.engine.optim.OPTIMIZERS
     lr: float = 0.5
     lr_head: Optional[float] = None  # downstream fine-tuning: separate learning rate of the classifier
     momentum: float = 0.9
@@ -328,7 +318,7 @@ class ScanPairConfig(ConfigBase):
 class PretrainConfig(ConfigBase):
     """``slidr pretrain``: self-supervised pretraining of the 3D backbone."""
 
-    method: Literal["slidr", "ppkt", "pointcontrast", "depthcontrast"] = "slidr"
+    method: Annotated[str, RegistryName("method")] = "slidr"  # slidr.methods.METHODS
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
@@ -351,6 +341,7 @@ class DownstreamConfig(ConfigBase):
     # probe: standardise the frozen features with training statistics before the classifier (MAE's linear-probe
     # practice), folded into ``final`` afterwards; false = the authors' plain linear layer on raw features
     standardize_features: bool = True
+    val_every_n_epochs: int = 0  # evaluate data.val_split during training every N epochs (0: only after training)
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))
@@ -358,6 +349,7 @@ class DownstreamConfig(ConfigBase):
 
     def validate(self, where: str) -> None:
         positive(self.lr_random_init, subkey(where, "lr_random_init"))
+        at_least(self.val_every_n_epochs, 0, subkey(where, "val_every_n_epochs"))
 
 
 @dataclass(frozen=True)
@@ -682,7 +674,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config", base: Any = None)
                           f"{type(data).__name__}", key=where or None)
     if isinstance(data, _FromFile):
         base = None
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
@@ -930,6 +922,12 @@ def _coerce(value: Any, hint: Any, where: str, base: Any = None) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
+        return value
+    if origin is Annotated:  # a base type plus checks, e.g. RegistryName: the value names a registered entry
+        value = _coerce(value, args[0], where)
+        for check in hint.__metadata__:
+            if hasattr(check, "check"):
+                value = check.check(value, where)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

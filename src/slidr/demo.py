@@ -181,7 +181,7 @@ def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[s
 
 def pretrain(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict]:
     """Pretrain into ``run_dir`` unless it already holds the exported file; returns it and the run's summary."""
-    from slidr.methods.checkpoint import CHECKPOINT_DIR, EXPORT_NAME, latest_checkpoint
+    from slidr.engine.checkpoint import CHECKPOINT_DIR, EXPORT_NAME, latest_checkpoint
     from slidr.methods.pretrain import run_pretraining
 
     exported, summary_path = run_dir / EXPORT_NAME, run_dir / "summary.json"
@@ -194,7 +194,7 @@ def pretrain(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict]:
 
 def probe(cfg: DownstreamConfig, run_dir: Path) -> dict:
     """Linear probing into ``run_dir`` unless it already holds an evaluation; returns the evaluation."""
-    from slidr.methods.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+    from slidr.engine.checkpoint import CHECKPOINT_DIR, latest_checkpoint
     from slidr.methods.downstream import run_downstream
 
     evaluation_path = run_dir / "evaluation.json"

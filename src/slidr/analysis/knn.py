@@ -232,14 +232,14 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     from slidr.data.classes import class_names
     from slidr.data.datasets import DownstreamDataset, PretrainDataset
     from slidr.data.index import load_index
-    from slidr.methods.checkpoint import load_backbone
+    from slidr.engine.checkpoint import load_backbone, load_export
     from slidr.models.unet import build_backbone
     from slidr.utils.io import write_json
     from slidr.errors import SlidrError
     from slidr.utils.progress import progress
 
     start = time.perf_counter()
-    payload = torch.load(pretrained, map_location="cpu", weights_only=False)
+    payload = load_export(pretrained)
     if not isinstance(payload, dict) or "config" not in payload:
         raise SlidrError(f"{pretrained} is not an exported pretraining file (no config)")
     from slidr.config import PretrainConfig, from_dict

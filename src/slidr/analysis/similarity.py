@@ -136,11 +136,11 @@ def load_pretrained_networks(pretrained: str | Path, voxel_cfg=None) -> tuple[An
         restored (a randomly initialised teacher that was not saved).
     """
     from slidr.config import PretrainConfig, from_dict
-    from slidr.methods.checkpoint import load_backbone
+    from slidr.engine.checkpoint import load_backbone, load_export
     from slidr.models.image import build_image_model
     from slidr.models.unet import build_backbone
 
-    payload = torch.load(pretrained, map_location="cpu", weights_only=False)
+    payload = load_export(pretrained)
     if not isinstance(payload, dict) or "config" not in payload or not payload.get("model_images_head"):
         raise SlidrError(f"{pretrained} is not the exported file of an image-to-lidar pretraining (slidr, ppkt): "
                          "the similarity with image features needs the trained image head")

@@ -33,7 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> BenchResult:
     import torch
 
-    from slidr.methods.pretrain import ImageToLidarModule, SeededDataset, build_optimizer, derive_seed
+    from slidr.engine.data import SeededDataset, derive_seed
+    from slidr.engine.optim import build_optimizer
+    from slidr.errors import SlidrError
+    from slidr.methods.image_to_lidar import ImageToLidarModule
+    from slidr.methods.pretrain import build_module
 
     cfg: PretrainConfig = args.settings
     if cfg.trainer.num_threads:
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> BenchResult:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(cfg.trainer.seed)
-    module = ImageToLidarModule(cfg).to(device).train()
+    module = build_module(cfg).to(device).train()
+    if not isinstance(module, ImageToLidarModule):
+        raise SlidrError(f"method {cfg.method!r}: bench step times image-to-lidar methods (slidr, ppkt)")
     dataset, collate = module.train_dataset()
     seeded = SeededDataset(dataset)
     optimizer = build_optimizer(module.trainable_parameters(), cfg.optim)

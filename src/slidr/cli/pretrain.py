@@ -9,15 +9,20 @@ from slidr.cli.settings import CommandSettings
 from slidr.config import PretrainConfig
 
 NAME = "pretrain"
-HELP = "pretrain a 3D backbone without labels (slidr, ppkt, pointcontrast, depthcontrast)"
+HELP = "pretrain a 3D backbone without labels (method=NAME: SLidR, its baselines, any registered method)"
 SETTINGS = CommandSettings(
     PretrainConfig,
     config_help="YAML config (e.g. configs/pretrain/slidr_minkunet.yaml); default: the paper's SLidR settings",
-    overrides_help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.npz",
+    overrides_help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.npz; "
+                   "method: {names:method}; backbone.name: {names:backbone}; image.encoder: {names:image_encoder}; "
+                   "optim.optimizer: {names:optimizer}",
     required=["--out"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from slidr.registry import RegistryHelpFormatter
+
+    parser.formatter_class = RegistryHelpFormatter  # lists registered names, only when --help is shown
     SETTINGS.add_arguments(parser)
     parser.add_argument("--out", metavar="DIR",
                         help="run folder: config.yaml, checkpoints/, logs/, pretrained.pt, summary.json (required)")

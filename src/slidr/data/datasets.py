@@ -68,7 +68,7 @@ class _ScanDataset(torch.utils.data.Dataset):
 
     def _rng(self, item: int) -> np.random.Generator:
         # A pure function of (torch seed, item), so that a resumed run replays the same draws. The trainers set
-        # torch's seed per sample from (run seed, epoch, position) (slidr.methods.pretrain.SeededDataset).
+        # torch's seed per sample from (run seed, epoch, position) (slidr.engine.data.SeededDataset).
         return np.random.default_rng([torch.initial_seed(), item])
 
 

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from slidr.models import IMAGE_ENCODERS
 from slidr.models.vit import VisionTransformer
 
 PATCH_SIZE = 14
@@ -89,30 +90,25 @@ class DinoV2VisionTransformer(VisionTransformer):
         return state
 
 
+@IMAGE_ENCODERS.register("dinov2_vits14", options=("layers", "final_norm"))
 def dinov2_vits14(layers: int = 1, final_norm: bool = True) -> DinoV2VisionTransformer:
     """DINOv2 ViT-S/14: 384 channels, 6 heads (release: ``dinov2_vits14``; timm: ``vit_small_patch14_dinov2``)."""
     return DinoV2VisionTransformer(384, 6, 0, layers, final_norm)
 
 
+@IMAGE_ENCODERS.register("dinov2_vitb14", options=("layers", "final_norm"))
 def dinov2_vitb14(layers: int = 1, final_norm: bool = True) -> DinoV2VisionTransformer:
     """DINOv2 ViT-B/14: 768 channels, 12 heads (release: ``dinov2_vitb14``; timm: ``vit_base_patch14_dinov2``)."""
     return DinoV2VisionTransformer(768, 12, 0, layers, final_norm)
 
 
+@IMAGE_ENCODERS.register("dinov2_vits14_reg", options=("layers", "final_norm"))
 def dinov2_vits14_reg(layers: int = 1, final_norm: bool = True) -> DinoV2VisionTransformer:
     """DINOv2 ViT-S/14 with 4 registers (release: ``dinov2_vits14_reg``; timm: ``vit_small_patch14_reg4_dinov2``)."""
     return DinoV2VisionTransformer(384, 6, NUM_REGISTERS, layers, final_norm)
 
 
+@IMAGE_ENCODERS.register("dinov2_vitb14_reg", options=("layers", "final_norm"))
 def dinov2_vitb14_reg(layers: int = 1, final_norm: bool = True) -> DinoV2VisionTransformer:
     """DINOv2 ViT-B/14 with 4 registers (release: ``dinov2_vitb14_reg``; timm: ``vit_base_patch14_reg4_dinov2``)."""
     return DinoV2VisionTransformer(768, 12, NUM_REGISTERS, layers, final_norm)
-
-
-#: ``image.encoder`` name -> constructor
-DINOV2_ENCODERS = {
-    "dinov2_vits14": dinov2_vits14,
-    "dinov2_vitb14": dinov2_vitb14,
-    "dinov2_vits14_reg": dinov2_vits14_reg,
-    "dinov2_vitb14_reg": dinov2_vitb14_reg,
-}

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidr.config import ConfigError
+from slidr.errors import ConfigError
+from slidr.models import IMAGE_ENCODERS
 
 
 class PatchEmbed(nn.Module):
@@ -211,6 +212,7 @@ class VisionTransformer(nn.Module):
         return self.head(self.tokens(x)[:, 0])
 
 
+@IMAGE_ENCODERS.register("vit_small", options=("layers", "final_norm"))
 def vit_small(patch_size: int = 16, num_classes: int = 0, layers: int = 1, final_norm: bool = True
               ) -> VisionTransformer:
     """ViT-S: 384 channels, 12 blocks, 6 heads (DINO's ``vit_small``, timm's ``vit_small_patch16_224``)."""
