@@ -94,7 +94,7 @@ def test_config_fields_take_their_values_from_the_registries(field, kind, wrong,
     with pytest.raises(ConfigError) as error:
         load_config(PretrainConfig, None, [f"{field}={wrong}"])
     listed = ", ".join(map(repr, names))
-    assert str(error.value) == f"defaults.{field}: {wrong!r} is not one of {listed} (did you mean {close!r}?)"
+    assert str(error.value) == f"{field}: {wrong!r} is not one of {listed} (did you mean {close!r}?)"
     for name in names:  # every registered name is accepted
         cfg = load_config(PretrainConfig, None, [f"{field}={name}"])
         section, _, attribute = field.rpartition(".")
