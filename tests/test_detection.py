@@ -256,7 +256,7 @@ def test_regression_and_detection_loss_match_brute_force():
     assert float(l1.detach()) == pytest.approx(total / 3, rel=1e-5)
     loss, stats = detection_loss({"heatmap": heatmap, "regression": regression}, targets, 1.5, 0.25, weights)
     focal, _ = centernet_focal_loss(heatmap, targets.heatmap)
-    assert float(loss) == pytest.approx(1.5 * float(focal) + 0.25 * total / 3, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(1.5 * float(focal.detach()) + 0.25 * total / 3, rel=1e-5)
     assert stats["objects"] == 3 and not stats["empty"]
     loss.backward()
     assert torch.isfinite(regression.grad).all() and int((regression.grad != 0).any(1).sum()) == 3
@@ -553,3 +553,23 @@ def test_detector_overfits_a_tiny_scene():
     result = kitti_ap(gt, [to_kitti_objects(found, classes, LIDAR_TO_CAMERA, P2, IMAGE_SIZE)] * 41)
     assert result["map_moderate"]["bev"] == pytest.approx(100.0), (losses[-1], found)
     assert result["map_moderate"]["3d"] > 60, (losses[-1], found)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_detector_on_cuda_agrees_with_cpu():
+    detector = small_detector().eval()
+    scene, boxes, labels = tiny_scene()
+    voxels, points, inverse, point_batch, size = voxel_batch([scene])
+    with torch.no_grad():
+        expected = detector(voxels, points, inverse, point_batch, size)
+        on_gpu = detector.cuda()(SparseTensor(voxels.coords.cuda(), voxels.feats.cuda()), points.cuda(),
+                                 inverse.cuda(), point_batch.cuda(), size)
+    for key in ("heatmap", "regression"):
+        torch.testing.assert_close(on_gpu[key].cpu(), expected[key], rtol=1e-3, atol=1e-3)
+    targets = encode_targets([torch.tensor(boxes, device="cuda")], [labels], detector.grid, 3)
+    assert targets.heatmap.is_cuda and targets.regression.is_cuda
+    loss, _ = detection_loss(on_gpu, targets)
+    assert torch.isfinite(loss)
+    found = decode_detections(on_gpu["heatmap"], on_gpu["regression"], detector.grid, score_threshold=0.0)
+    reference = decode_detections(expected["heatmap"], expected["regression"], detector.grid, score_threshold=0.0)
+    np.testing.assert_allclose(found[0].scores[:10], reference[0].scores[:10], atol=1e-3)

@@ -1,10 +1,10 @@
 """``slidr bench detector``: forward+backward time of the BEV detector per scan, for several backbones side by side.
 
-For each backbone: the 3D backbone alone (forward to its features, backward from their sum) and the whole
-detector (backbone, BEV pooling, neck, CenterPoint heads, loss, backward), on the same scan with the same
-head settings (``DetectionHeadConfig`` defaults: KITTI's front range at 0.4 m). The share of the head is the
-difference. Runs of the backbones alternate; the minimum over repeats is reported (the median too): on a shared
-machine the minimum is the least disturbed run.
+For each backbone: the 3D backbone alone (forward to its features, backward from their sum), the head alone
+(BEV pooling, neck, CenterPoint heads, loss and backward, from the backbone's features) and the whole detector,
+on the same scan with the same head settings (``DetectionHeadConfig`` defaults: KITTI's front range at 0.4 m).
+``head_share`` is head / (backbone + head). Runs of the backbones alternate; the minimum over repeats is reported
+(the median too): on a shared machine the minimum is the least disturbed run.
 
 Scan: by default a lidar-like ring scan (``slidr bench sparse``'s) cropped to the front 90 degrees (KITTI's camera
 view, as detectors on KITTI see it) and subsampled to ``--points``; ``--scan FILE`` reads a lidar ``.bin`` instead
@@ -105,29 +105,42 @@ def run(args: argparse.Namespace) -> BenchResult:
         loss.backward()
         return time.perf_counter() - start
 
-    times: dict[tuple[str, str], list[float]] = {(n, part): [] for n in args.backbones for part in ("bb", "det")}
+    def head_step(name: str) -> float:
+        model = detectors[name]
+        with torch.no_grad():
+            features = model.model_points.forward_features(SparseTensor(coords4, feats))
+        features.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        outputs = model.head(features[inverse_t], points_t, point_batch, 1)
+        loss, _ = detection_loss(outputs, targets)
+        loss.backward()
+        return time.perf_counter() - start
+
+    steps = {"bb": backbone_step, "head": head_step, "det": detector_step}
+    times: dict[tuple[str, str], list[float]] = {(n, part): [] for n in args.backbones for part in steps}
     for name in args.backbones:  # warm-up
-        backbone_step(name)
-        detector_step(name)
+        for step in steps.values():
+            step(name)
     for _ in range(args.repeats):
         for name in args.backbones:
-            times[(name, "bb")].append(backbone_step(name))
-            times[(name, "det")].append(detector_step(name))
+            for part, step in steps.items():
+                times[(name, part)].append(step(name))
 
     rows, data = [], {"points": len(points), "voxels": len(coords), "threads": args.threads, "scan": source,
                       "grid": list(head_cfg.grid_shape), "backbones": {}}
     reference = min(times[(args.backbones[0], "det")])
     for name in args.backbones:
-        backbone_s, detector_s = min(times[(name, "bb")]), min(times[(name, "det")])
+        backbone_s, head_s, detector_s = (min(times[(name, part)]) for part in ("bb", "head", "det"))
         head_params = sum(p.numel() for p in detectors[name].head.parameters())
         backbone_params = sum(p.numel() for n, p in detectors[name].model_points.named_parameters()
                               if not n.startswith("final."))
         rows.append({"backbone": name, "backbone_s": round(backbone_s, 3), "detector_s": round(detector_s, 3),
-                     "head_s": round(detector_s - backbone_s, 3),
-                     "head_share": f"{100 * (1 - backbone_s / detector_s):.0f}%",
+                     "head_s": round(head_s, 3), "head_share": f"{100 * head_s / (head_s + backbone_s):.0f}%",
                      "vs_first": f"{detector_s / reference:.2f}x"})
         data["backbones"][name] = {
-            "backbone_s_min": backbone_s, "detector_s_min": detector_s,
+            "backbone_s_min": backbone_s, "head_s_min": head_s, "detector_s_min": detector_s,
+            "head_s_median": statistics.median(times[(name, "head")]),
             "backbone_s_median": statistics.median(times[(name, "bb")]),
             "detector_s_median": statistics.median(times[(name, "det")]),
             "backbone_parameters": backbone_params, "head_parameters": head_params}
