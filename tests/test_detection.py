@@ -177,6 +177,14 @@ def test_targets_decode_back_to_the_boxes():
         assert np.all(found.scores > 0.99) and np.all(np.diff(found.scores) <= 0)
 
 
+def test_regression_layout_is_one_everywhere():
+    from slidr.config import DETECTION_REGRESSION_CHANNELS
+    from slidr.models.detection import REGRESSION_HEADS
+
+    assert sum(count for _, count in REGRESSION_HEADS) == DETECTION_REGRESSION_CHANNELS == len(REGRESSION_CODE)
+    assert len(DetectionHeadConfig().code_weights) == DETECTION_REGRESSION_CHANNELS
+
+
 def test_encode_decode_boxes_are_inverse():
     rng = np.random.default_rng(2)
     boxes = torch.tensor(random_boxes(rng, 200, KITTI_GRID)[0])
@@ -499,7 +507,7 @@ def test_detector_shapes_gradients_and_odd_grids():
     outputs = detector(*batch)
     assert outputs["heatmap"].shape == (2, 3, 64, 64) and outputs["regression"].shape == (2, 8, 64, 64)
     # the heatmap starts at the prior probability 0.1 (CenterNet's bias init)
-    assert abs(float(torch.sigmoid(outputs["heatmap"]).mean()) - 0.1) < 0.05
+    assert abs(float(torch.sigmoid(outputs["heatmap"].detach()).mean()) - 0.1) < 0.05
     targets = encode_targets([boxes, boxes], [labels, labels], detector.grid, 3)
     loss, _ = detection_loss(outputs, targets)
     loss.backward()

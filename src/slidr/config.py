@@ -342,7 +342,7 @@ class DetectionConfig:
     pretrained: Optional[str] = None  # exported pretraining file or state dict; None = random init
     data: DataConfig = field(default_factory=lambda: DataConfig(
         dataset="semantickitti", index="data/kitti-object/index.npz", cameras=["image_2"],
-        voxel=VoxelConfig(), augment=AugmentConfig(enabled=False)))
+        augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     head: DetectionHeadConfig = field(default_factory=DetectionHeadConfig)
     # OpenPCDet's KITTI CenterPoint: Adam (one-cycle) at 0.003, weight decay 0.01, 80 epochs, batch 8

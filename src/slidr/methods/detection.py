@@ -45,14 +45,13 @@ from slidr.methods.detection_eval import (
     lidar_to_camera_boxes,
     project_boxes_to_image,
 )
+from slidr.methods.losses import Stats
 from slidr.models.detection import BevGrid
 
 REGRESSION_CODE = ("offset_x", "offset_y", "z", "log_length", "log_width", "log_height", "sin_yaw", "cos_yaw")
 FOCAL_ALPHA = 2.0  # CenterNet's focal loss exponents
 FOCAL_BETA = 4.0
 SIGMOID_CLAMP = 1e-4  # CenterNet clamps the heatmap's probabilities to [1e-4, 1 - 1e-4]
-
-Stats = dict[str, float | int | bool]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,13 +15,14 @@ cell)`` and ``y in [y_min + row * cell, ...)``; maps are ``(B, C, rows, cols)``;
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from slidr.config import DETECTION_REGRESSION_CHANNELS, ConfigError, DetectionHeadConfig
+from slidr.config import ConfigError, DetectionHeadConfig
 from slidr.models.sparse import SparseTensor
 from slidr.models.unet import SRUNet
 
@@ -49,7 +50,8 @@ class BevGrid:
 
     @classmethod
     def from_config(cls, cfg: DetectionHeadConfig) -> "BevGrid":
-        return cls(*map(float, cfg.point_range), cell=float(cfg.cell_size))
+        x_min, y_min, z_min, x_max, y_max, z_max = map(float, cfg.point_range)
+        return cls(x_min, y_min, z_min, x_max, y_max, z_max, float(cfg.cell_size))
 
     @property
     def rows(self) -> int:
@@ -182,14 +184,14 @@ class CenterHeads(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=True),
                                     nn.BatchNorm2d(channels, eps=1e-3, momentum=bn_momentum), nn.ReLU(inplace=True))
         outputs = {"heatmap": num_classes, **dict(REGRESSION_HEADS)}
+        finals = {name: nn.Conv2d(channels, count, 3, padding=1, bias=True) for name, count in outputs.items()}
         self.heads = nn.ModuleDict({
             name: nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=True),
-                                nn.BatchNorm2d(channels, eps=1e-3, momentum=bn_momentum), nn.ReLU(inplace=True),
-                                nn.Conv2d(channels, count, 3, padding=1, bias=True))
-            for name, count in outputs.items()})
-        final = self.heads["heatmap"][-1]
-        assert isinstance(final, nn.Conv2d) and final.bias is not None
-        nn.init.constant_(final.bias, float(torch.logit(torch.tensor(HEATMAP_PRIOR))))
+                                nn.BatchNorm2d(channels, eps=1e-3, momentum=bn_momentum), nn.ReLU(inplace=True), final)
+            for name, final in finals.items()})
+        bias = finals["heatmap"].bias
+        assert bias is not None  # built with bias=True
+        nn.init.constant_(bias, math.log(HEATMAP_PRIOR / (1 - HEATMAP_PRIOR)))
 
     def forward(self, bev: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, in, H, W) -> ``heatmap`` (B, classes, H, W) logits, ``regression`` (B, 8, H, W)."""
@@ -258,6 +260,4 @@ class Detector(nn.Module):
 def build_detector(backbone: SRUNet, cfg: DetectionHeadConfig) -> Detector:
     """A :class:`Detector` on ``backbone`` with the head settings ``cfg`` (validated)."""
     cfg.validate("head")
-    if DETECTION_REGRESSION_CHANNELS != sum(count for _, count in REGRESSION_HEADS):
-        raise AssertionError("regression layout and config disagree")
     return Detector(backbone, cfg)
