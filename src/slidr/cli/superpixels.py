@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SLIC (compactness 6, sigma 3) or Felzenszwalb-Huttenlocher (scale 300, sigma 0.35, "
                              "min_size 4000), or import masks computed elsewhere (--from); default slic")
     parser.add_argument("--from", dest="from_dir", metavar="DIR", help="masks: folder of the mask files, "
-                        "DIR/<CHANNEL>/<image stem>.{png,npz,npy,json} (formats: slidr.data.masks)")
+                        "DIR/<image path without suffix>.{png,npz,npy,json}, or for nuScenes also "
+                        "DIR/<CHANNEL>/<image stem>.{png,...} (formats: slidr.data.masks)")
     parser.add_argument("--name", help="masks: name of the mask set, read as superpixels.source (default: DIR's name)")
     parser.add_argument("--fill", choices=("unlabelled", "nearest"), default="unlabelled",
                         help="masks: pixels no mask covers keep id 0, left out of the losses (default), or take "
@@ -35,8 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slidr.data.index import load_index
     from slidr.data.masks import image_sizes, import_index_masks, mask_set_name
-    from slidr.data.superpixels import (compute_index_superpixels, image_jobs, parse_shard, shard_jobs,
-                                        superpixel_dir)
+    from slidr.data.superpixels import (
+        compute_index_superpixels,
+        image_jobs,
+        legacy_layout_is_unique,
+        parse_shard,
+        shard_jobs,
+        superpixel_dir,
+    )
     from slidr.errors import SlidrError
     from slidr.utils.io import write_json
     from slidr.utils.log import logger
@@ -50,14 +57,21 @@ def run(args: argparse.Namespace) -> int:
     jobs = shard_jobs(image_jobs(index.samples, index.root, args.cameras), shard)
     report_name = "report.json" if shard[1] == 1 else f"report_shard{shard[0]}of{shard[1]}.json"
     logger.info("%d camera images (shard %d/%d) -> %s", len(jobs), shard[0], shard[1], folder)
+    # label PNGs of earlier versions (<CHANNEL>/<stem>.png): converted where that layout gave each image its own file
+    convert_legacy = legacy_layout_is_unique(index.format)
     if args.method == "masks":
         report = import_index_masks(jobs, image_sizes(index.samples), args.from_dir, folder, args.fill,
-                                    args.resize_masks, args.workers, not args.no_progress, report_name)
+                                    args.resize_masks, args.workers, not args.no_progress, report_name,
+                                    convert_legacy=convert_legacy, channel_layout=convert_legacy)
     else:
         report = compute_index_superpixels(jobs, folder, args.method, args.n_segments, args.workers,
-                                           show_progress=not args.no_progress, report_name=report_name)
+                                           show_progress=not args.no_progress, report_name=report_name,
+                                           convert_legacy=convert_legacy)
     rate = f", {report['images_per_s']:.2f} images/s" if report["images_per_s"] else ""
-    print(f"{report['images']} images: {report['computed']} computed, {report['skipped']} already done{rate}")
+    converted = f", {report['converted']} converted from label PNGs of an earlier version" \
+        if report["converted"] else ""
+    print(f"{report['images']} images: {report['computed']} computed{converted}, {report['skipped']} already "
+          f"done{rate}")
     if report["images"]:
         print(f"segments per image: min {report['segments_min']}, median {report['segments_median']}, "
               f"max {report['segments_max']}")
