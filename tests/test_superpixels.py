@@ -1,4 +1,5 @@
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -262,19 +263,34 @@ def test_legacy_label_pngs_are_still_read(tmp_path):
 
 
 def test_corrupt_or_truncated_label_files_are_clear_errors(tmp_path):
-    data = encode_labels(_slic_like(7), compress=False)
+    labels = _slic_like(7)
+    data = encode_labels(labels, compress=False)
     path = tmp_path / "map.runs"
     path.write_bytes(data[:-5])
     assert not is_complete_label_file(path)
     with pytest.raises(DataError, match="map.runs is truncated"):
         open_labels(path)
-    broken = bytearray(data)
-    first_end = RUNS_HEADER.size + 4 * 61  # the first run's end column, after the (H + 1) row starts
-    broken[first_end:first_end + 2] = (0).to_bytes(2, "little")  # a run of length 0: the runs no longer tile
-    path.write_bytes(bytes(broken))
-    with pytest.raises(DataError, match="map.runs is corrupt"):
+    header, payload = list(RUNS_HEADER.unpack(data[:RUNS_HEADER.size])), bytearray(data[RUNS_HEADER.size:])
+    first_end = 4 * 61  # the first run's end column, after the (H + 1) row starts
+    payload[first_end:first_end + 2] = (90).to_bytes(2, "little")  # the first run now spans the whole row ...
+    path.write_bytes(RUNS_HEADER.pack(*header) + payload)
+    with pytest.raises(DataError, match="map.runs is corrupt .checksum"):
         open_labels(path)
-    path.write_bytes(encode_labels(_slic_like(7))[:-3] + b"xyz")  # damaged zlib stream
+    header[-1] = zlib.crc32(payload)  # ... with a matching checksum: the next run ends before it
+    path.write_bytes(RUNS_HEADER.pack(*header) + payload)
+    stored = open_labels(path)
+    with pytest.raises(DataError, match="map.runs is corrupt .its runs do not tile"):
+        stored.read()
+    with pytest.raises(DataError, match="map.runs is corrupt .its runs do not tile"):
+        stored.sample(np.arange(60), np.arange(90))
+    last_end = 4 * 61 + 2 * (RUNS_HEADER.unpack(data[:RUNS_HEADER.size])[6] - 1)
+    payload = bytearray(data[RUNS_HEADER.size:])
+    payload[last_end:last_end + 2] = (89).to_bytes(2, "little")  # the last row ends short of the width
+    header[-1] = zlib.crc32(payload)
+    path.write_bytes(RUNS_HEADER.pack(*header) + payload)
+    with pytest.raises(DataError, match="map.runs is corrupt .its runs do not tile"):
+        open_labels(path)
+    path.write_bytes(encode_labels(labels)[:-3] + b"xyz")  # damaged zlib stream
     with pytest.raises(DataError, match="map.runs is corrupt"):
         open_labels(path)
     path.write_bytes(b"GIF89a" + bytes(40))

@@ -3,17 +3,22 @@
 On the real nuScenes keyframe (1600x900 images; its SLIC superpixels are computed into a temporary folder first),
 each repetition loads the sample twice with the same random draws:
 
-- slidr's path (:func:`slidr.data.datasets.load_pretrain_sample`);
+- slidr's path (:func:`slidr.data.datasets.load_pretrain_sample`): projection of the points that may be visible
+  only, JPEGs decoded at a DCT-scaling reduction, crop and resize in one step, superpixel label files evaluated at
+  the crop's sampling grid only;
 - a re-implementation of the authors' release: per camera a deep copy of the point cloud moved through the
   devkit's transform chain (``LidarPointCloud.rotate`` / ``translate``, ``view_points``), every image decoded
-  in full and converted to float before cropping, superpixel maps read in full with Pillow, crops and resizes
-  on float tensors (bilinear / nearest interpolation).
+  in full and converted to float before cropping, superpixel maps stored as the authors store them (an 8-bit PNG
+  written by Pillow, written here from slidr's label files) read in full with Pillow, crops and resizes on float
+  tensors (bilinear / nearest interpolation).
 
-Both must give identical pairings (checked every repetition); the speed-up is their measured ratio. Besides wall
-times per stage, the process CPU time per sample is reported: on a shared machine it stays near what one idle
-core would take. Images
-differ slightly (antialiased resize of a DCT-scaled decode vs. plain bilinear of the full image): the mean
-absolute difference is reported.
+Both must give identical pairings (checked every repetition); the speed-up is their measured ratio. Per stage,
+the wall time and the process CPU time are reported (medians over the repetitions): on a shared machine the CPU
+time stays nearer what one idle core would take; run pinned to one core (``taskset -c 0``) and compare ratios of
+one run. Images differ slightly from the authors' (antialiased resize of a DCT-scaled decode vs. plain bilinear of
+the full image) and from the same antialiased resize of the fully decoded JPEG: both mean absolute differences are
+reported. Finally, ways to store the superpixel maps are compared on the sample's six maps (``superpixel_storage``:
+CPU time to get a random crop's labels, size per map, size for all nuScenes camera images).
 """
 
 from __future__ import annotations

@@ -7,12 +7,13 @@ it (``cuboid_fallbacks``: the cuboid drop was given up and the scan kept whole; 
 whole because no random crop kept enough pairs; ``nonfinite_points``: points dropped for NaN or infinite
 coordinates). Batches sum them, so a trainer can log them.
 
-Loading is arranged for speed (about 300 ms per nuScenes sample on one core in the authors' release, a few tens
-of ms here; ``slidr bench data``): all cameras are projected from one copy of the cloud; every image's crop is
-drawn from the pairings before any pixel is decoded, JPEGs are decoded at the smallest DCT scale (1/2, 1/4,
-1/8) that still gives the crop its output resolution, cropped and resized in one step and kept uint8 until
-the final normalisation; superpixel label PNGs are decoded with one ``zlib`` call and sampled at the crop's
-nearest-neighbour grid.
+Loading is arranged for speed (about 300 ms per nuScenes sample on one core in the authors' release, 5-6x less
+here, measured side by side by ``slidr bench data``): all cameras are projected from one copy of the cloud, the
+devkit's float32 chain running only on the points a composed transform says may be visible; every image's crop
+is drawn from the pairings before any pixel is decoded, JPEGs are decoded at the largest DCT-scaling reduction
+(1/2, 1/4, 1/8) that still gives the crop its output resolution, cropped and resized in one step and kept uint8
+until the final normalisation; superpixel label files (row runs, :mod:`slidr.data.superpixels`) are evaluated only
+at the crop's nearest-neighbour grid, so no label the crop discards is decoded.
 """
 
 from __future__ import annotations

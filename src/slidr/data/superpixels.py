@@ -12,15 +12,16 @@ the data root, so two images never share a file. ``root`` defaults to ``<folder 
 :mod:`slidr.data.masks` go to ``masks_<name>`` (id 0: no mask).
 
 A label file holds the label (0, 1, ..., at most 65,535) of every pixel at the camera image's full resolution as
-runs along rows: a 32-byte header (:data:`RUNS_HEADER`: magic, version, bytes per label, compression, height, width,
-number of runs, number of segments, payload size), then, zlib-compressed, the index of each row's first run
+runs along rows: a 36-byte header (:data:`RUNS_HEADER`: magic, version, bytes per label, compression, height, width,
+number of runs, number of segments, payload size and CRC-32), then, zlib-compressed, the index of each row's first run
 ((H + 1,) uint32), each run's end column ((R,) uint16, exclusive) and each run's label ((R,) uint8 when every
 label is below 256, else uint16), all little-endian. Loading a pretraining sample reads the runs of the rows the
 crop samples only and evaluates them at the sampled columns (:class:`LabelMap`), so pixels the crop discards cost
-nothing. On the real nuScenes SLIC maps (1600x900, ~150 segments, ~27 runs per row) a file is ~30 KB (~6.3 GB for
-nuScenes' 204,894 images) and sampling a 224x416 crop from it takes ~0.7 ms, against ~43 KB and ~2.7 ms for the
-16-bit PNGs of earlier versions (measurements: ``slidr bench data`` and the superpixel storage notes in
-docs/ARCHITECTURE.md). The segment count is in the header, so a report over finished files needs no decoding.
+nothing. On the real nuScenes SLIC maps (1600x900, ~110 segments, ~27 runs per row) a file is ~30 KB (~6.3 GB for
+nuScenes' 204,894 camera images) and getting a 224x416 crop's labels from it takes ~0.8 ms, against ~43 KB and
+~3 ms for the 16-bit PNGs of earlier versions; without compression it takes ~0.4 ms but ~78 KB (16.4 GB): the
+reader takes both, the writers compress (measurements: ``slidr bench data``, docs/ARCHITECTURE.md "Superpixels").
+The segment count is in the header, so a report over finished files needs no decoding.
 
 Earlier versions wrote 16-bit PNGs to ``<root>/<key>/<CHANNEL>/<image file stem>.png`` (the *legacy layout*), where
 SemanticKITTI's ``sequences/00/image_2/000000.png`` and ``sequences/01/image_2/000000.png`` shared one file. They
@@ -65,7 +66,8 @@ MASK_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 LABEL_SUFFIX = ".runs"
 LEGACY_SUFFIX = ".png"
-RUNS_HEADER = struct.Struct("<8sHBBIIIII")  # magic, version, label bytes, compression, H, W, runs, segments, payload
+# magic, version, label bytes, compression, height, width, runs, segments, payload bytes, payload CRC-32
+RUNS_HEADER = struct.Struct("<8sHBBIIIIII")
 _RUNS_MAGIC = b"SLRUNS\r\n"
 _RUNS_VERSION = 1
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -265,7 +267,7 @@ def encode_labels(labels: np.ndarray, segments: Optional[int] = None, compress: 
     if compress:
         payload = zlib.compress(payload, 6)
     header = RUNS_HEADER.pack(_RUNS_MAGIC, _RUNS_VERSION, np.dtype(value_type).itemsize, int(compress), height,
-                              width, run_cols.size, int(segments), len(payload))
+                              width, run_cols.size, int(segments), len(payload), zlib.crc32(payload))
     return header + payload
 
 
@@ -326,16 +328,24 @@ class LabelMap:
             order = slice(None, None, -1)
         else:
             order = np.argsort(cols, kind="stable")
-        ascending = cols if order is None else cols[order]
+        # below[e]: how many sampled columns lie left of column e
+        below = np.zeros(width + 1, np.intp)
+        np.cumsum(np.bincount(cols, minlength=width), out=below[1:])
         first = row_starts[rows].astype(np.intp)
         counts = row_starts[rows + 1].astype(np.intp) - first
         ends = np.cumsum(counts)
         run_index = np.repeat(first - (ends - counts), counts) + np.arange(ends[-1])
-        # sampled columns left of each run's end; consecutive differences: how many sampled columns each run holds
-        covered = np.searchsorted(ascending, run_ends[run_index])
-        per_run = np.diff(covered, prepend=0)
-        per_run[ends[:-1]] += cols.size  # a row's first run follows the previous row's last, which covered all
-        grid = np.repeat(values[run_index], per_run).reshape(rows.size, cols.size)
+        # sampled columns each run holds: differences of `below` at consecutive run ends; a row's first run follows
+        # the previous row's last one, which ended at the width with every sampled column left of it
+        covered = below[run_ends[run_index]]
+        per_run = np.empty_like(covered)
+        per_run[0] = covered[0]
+        np.subtract(covered[1:], covered[:-1], out=per_run[1:])
+        per_run[ends[:-1]] += cols.size
+        try:
+            grid = np.repeat(values[run_index], per_run).reshape(rows.size, cols.size)
+        except ValueError:  # negative counts: run ends that go backwards
+            raise DataError(f"superpixel file {self.source} is corrupt (its runs do not tile the image)") from None
         if order is None:
             return grid
         if isinstance(order, slice):
@@ -353,7 +363,10 @@ class LabelMap:
         starts = np.empty_like(ends)
         starts[1:] = ends[:-1]
         starts[row_starts[:-1]] = 0
-        return np.repeat(values, ends - starts).reshape(self.shape)
+        try:
+            return np.repeat(values, ends - starts).reshape(self.shape)
+        except ValueError:  # negative lengths: run ends that go backwards
+            raise DataError(f"superpixel file {self.source} is corrupt (its runs do not tile the image)") from None
 
 
 def open_labels(path: str | Path) -> LabelMap:
@@ -412,6 +425,7 @@ class _RunsHeader(NamedTuple):
     runs: int
     segments: int
     payload_size: int
+    payload_crc: int
 
 
 def _runs_header(data: bytes, path: Path) -> _RunsHeader:
@@ -428,13 +442,17 @@ def _runs_header(data: bytes, path: Path) -> _RunsHeader:
 
 
 def _parse_runs(data: bytes, path: Path) -> tuple[tuple[int, int], int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    label_bytes, compressed, height, width, runs, segments, payload_size = _runs_header(data, path)
+    header = _runs_header(data, path)
     payload = memoryview(data)[RUNS_HEADER.size:]
-    if len(payload) != payload_size:
+    if len(payload) != header.payload_size:
         raise DataError(f"superpixel file {path} is truncated (a partial write?); rerun `slidr superpixels`, "
                         "which redoes partial files")
+    if zlib.crc32(payload) != header.payload_crc:
+        raise DataError(f"superpixel file {path} is corrupt (checksum mismatch); recompute it with "
+                        "`slidr superpixels` after deleting it")
+    height, width, runs, label_bytes = header.height, header.width, header.runs, header.label_bytes
     expected = 4 * (height + 1) + (2 + label_bytes) * runs
-    if compressed:
+    if header.compressed:
         try:
             payload = memoryview(zlib.decompress(payload, bufsize=expected))
         except zlib.error as error:
@@ -444,14 +462,12 @@ def _parse_runs(data: bytes, path: Path) -> tuple[tuple[int, int], int, tuple[np
     row_starts = np.frombuffer(payload, "<u4", height + 1)
     run_ends = np.frombuffer(payload, "<u2", runs, 4 * (height + 1))
     values = np.frombuffer(payload, "<u1" if label_bytes == 1 else "<u2", runs, 4 * (height + 1) + 2 * runs)
-    # the runs must tile the image: rows hold at least one run, run lengths are positive, rows end at the width
-    if row_starts[0] != 0 or row_starts[-1] != runs or (np.diff(row_starts.astype(np.int64)) < 1).any():
-        raise DataError(f"superpixel file {path} is corrupt (its row index does not match its runs)")
-    steps = np.diff(run_ends.astype(np.int32), prepend=0)
-    steps[row_starts[:-1]] = run_ends[row_starts[:-1]]  # a row's first run starts at column 0
-    if (steps <= 0).any() or (run_ends[row_starts[1:] - 1] != width).any():
+    # the structure the readers rely on: every row has runs and ends at the width (the run ends within a row, which
+    # the checksum protects, are checked where they are used: decreasing ones make negative counts)
+    if row_starts[0] != 0 or row_starts[-1] != runs or (np.diff(row_starts.astype(np.int64)) < 1).any() \
+            or (run_ends[row_starts[1:] - 1] != width).any():
         raise DataError(f"superpixel file {path} is corrupt (its runs do not tile the image)")
-    return (height, width), segments, (row_starts, run_ends, values)
+    return (height, width), header.segments, (row_starts, run_ends, values)
 
 
 # --------------------------------------------------------------------------------------------------------------
