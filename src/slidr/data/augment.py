@@ -114,8 +114,8 @@ def select_points(keep: np.ndarray, pairing_points: np.ndarray, pairing_images: 
     pairing_points (P',) re-indexed into the kept points, pairing_images (P', 3).
     """
     new_index = np.cumsum(keep) - 1
-    paired = keep[pairing_points]
-    return new_index[pairing_points[paired]].astype(np.int64), pairing_images[paired]
+    paired = np.flatnonzero(keep[pairing_points])
+    return np.take(new_index, np.take(pairing_points, paired)).astype(np.int64), select_rows(pairing_images, paired)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def transform_pixels(pixel_rc: np.ndarray, transform: ImageTransform, out_hw: Se
     new_rc : (P', 2) int64 row, column in the output image of the pixels inside.
     """
     inside = _inside_box(pixel_rc, transform)
-    rc = np.asarray(pixel_rc, np.int64)[inside]
+    rc = select_rows(np.asarray(pixel_rc, np.int64), inside)
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     rows = ((2 * (rc[:, 0] - transform.top) + 1) * out_h) // (2 * transform.height)
     cols = ((2 * (rc[:, 1] - transform.left) + 1) * out_w) // (2 * transform.width)
@@ -340,7 +340,7 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
             keep, cuboid_fell_back = draw_cuboid_drop(xyz, pairing_points, rng, cfg.cuboid_max_fraction,
                                                       cfg.min_pairs, cfg.max_tries)
             pairing_points, pairing_images = select_points(keep, pairing_points, pairing_images)
-            xyz = xyz[keep]
+            xyz = select_rows(xyz, keep)
     transforms = []
     kept_pairs = np.zeros(len(pairing_points), bool)
     new_pixels = np.zeros((len(pairing_points), 2), np.int64)
@@ -358,16 +358,31 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
         else:
             kept_pairs[pairs[inside]] = True
             new_pixels[pairs[inside]] = rc
-    pairing_images = np.concatenate([pairing_images[kept_pairs, :1], new_pixels[kept_pairs]], axis=1)
+    kept_pairs = np.flatnonzero(kept_pairs)
+    pairing_images = np.concatenate([select_rows(pairing_images[:, :1], kept_pairs),
+                                     select_rows(new_pixels, kept_pairs)], axis=1)
     return PairedAugmentation(
         keep_points=keep,
         xyz=xyz,
-        pairing_points=pairing_points[kept_pairs],
+        pairing_points=np.take(pairing_points, kept_pairs),
         pairing_images=pairing_images,
         image_transforms=transforms,
         cuboid_fell_back=cuboid_fell_back,
         crops_fell_back=sum(transform.fell_back for transform in transforms),
     )
+
+
+def select_rows(array: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """``array[which]`` for a boolean mask or indices over the first axis, several times faster than boolean (and
+    faster than integer) indexing of the rows of 2-D arrays.
+
+    Parameters
+    ----------
+    array : (N, ...) array.
+    which : (N,) bool, or (M,) int indices.
+    """
+    indices = np.flatnonzero(which) if which.dtype == bool else which
+    return np.take(array, indices, axis=0)
 
 
 def _camera_groups(cameras: np.ndarray, count: int) -> list[slice | np.ndarray]:

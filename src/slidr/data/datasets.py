@@ -33,6 +33,7 @@ from slidr.data.augment import (
     dct_reduction,
     normalize_images,
     rotate_flip_points,
+    select_rows,
     source_indices,
     transform_image,
 )
@@ -194,7 +195,7 @@ def load_pretrain_sample(index: DatasetIndex, sample: dict, cfg: DataConfig, rng
     with stage("augment"):
         result = augment_pairs(points[:, :3], pairing_points, pairing_images, image_hws, out_hw, cfg.augment,
                                rng if cfg.augment.enabled else None)
-        points = np.concatenate([result.xyz, points[result.keep_points, 3:4]], axis=1)
+        points = np.concatenate([result.xyz, select_rows(points[:, 3:4], result.keep_points)], axis=1)
     with stage("decode"):
         images = np.stack([read_transformed_image(index.resolve(camera["image"]), transform, hw, out_hw)
                            for camera, transform, hw in zip(cameras, result.image_transforms, image_hws)])
@@ -213,11 +214,12 @@ def load_pretrain_sample(index: DatasetIndex, sample: dict, cfg: DataConfig, rng
     )
     if superpixel_folder is not None:
         with stage("superpixels"):
-            out["superpixels"] = np.stack([
-                read_transformed_labels(superpixel_folder, channel, camera["image"], index.format, transform, hw,
-                                        out_hw, superpixel_command)
-                for channel, camera, transform, hw in zip(cfg.cameras, cameras, result.image_transforms, image_hws)
-            ]).astype(np.int64)
+            maps = np.empty((len(cameras), *out_hw), np.int64)
+            for k, (channel, camera, transform, hw) in enumerate(zip(cfg.cameras, cameras, result.image_transforms,
+                                                                     image_hws)):
+                maps[k] = read_transformed_labels(superpixel_folder, channel, camera["image"], index.format,
+                                                  transform, hw, out_hw, superpixel_command)
+            out["superpixels"] = maps
     if scan.labels is not None:
         out["labels"] = scan.labels[result.keep_points]
     return out
@@ -340,7 +342,7 @@ def _voxel_part(points: np.ndarray, dataset: str, cfg: DataConfig) -> dict[str, 
     return {
         "points": np.ascontiguousarray(points, dtype=np.float32),
         "voxel_coords": coords,
-        "voxel_feats": point_features(points[kept_index], dataset),
+        "voxel_feats": point_features(select_rows(points, kept_index), dataset),
         "inverse_map": inverse_map,
         "kept_index": kept_index,
     }

@@ -215,7 +215,8 @@ def _devkit_candidates(points: np.ndarray, sample: dict, channels: Sequence[str]
         bounds.append(((np.abs(intrinsic[0]).sum() + width) * margin, (np.abs(intrinsic[1]).sum() + height) * margin,
                        width - 1.0, height - 1.0))
     xyz = np.asarray(points)[:, :3].astype(np.float32, copy=False)
-    values = np.concatenate(rows).astype(np.float32) @ xyz.T + np.concatenate(shifts).astype(np.float32)[:, None]
+    values = np.concatenate(rows).astype(np.float32) @ xyz.T
+    values += np.concatenate(shifts).astype(np.float32)[:, None]  # in place: a new (3K, N) array costs more
     candidates: list[Optional[np.ndarray]] = []
     for k, (slack_x, slack_y, right, bottom) in enumerate(bounds):
         if not usable[k]:

@@ -78,7 +78,7 @@ def voxelize(points: np.ndarray, mode: Literal["cylindrical", "cartesian"] = "cy
     shifted = grid - low
     keys = (shifted[:, 0] * extent[1] + shifted[:, 1]) * extent[2] + shifted[:, 2]
     _, kept_index, inverse_map = np.unique(keys, return_index=True, return_inverse=True)
-    coords = grid[kept_index].astype(np.int32)
+    coords = np.take(grid, kept_index, axis=0).astype(np.int32)  # np.take: faster than fancy row indexing
     return coords, kept_index.astype(np.int64), inverse_map.astype(np.int64).reshape(-1)
 
 
