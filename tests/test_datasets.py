@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -78,10 +79,10 @@ def _build_index(tmp_path, num_samples=2, num_points=3000, labelled=True, superp
     return index_path
 
 
-def _config(index_path, **augment):
+def _config(index_path, dataset="nuscenes", **augment):
     augment = {"min_pairs": 100, **augment}
-    return DataConfig(index=str(index_path), cameras=["CAM_FRONT", "CAM_BACK"], image_size=list(OUT_HW),
-                      augment=AugmentConfig(**augment))
+    return DataConfig(dataset=dataset, index=str(index_path), cameras=["CAM_FRONT", "CAM_BACK"],
+                      image_size=list(OUT_HW), augment=AugmentConfig(**augment))
 
 
 def _original_pixel(xyz, channel):
@@ -166,29 +167,28 @@ def test_missing_superpixels_say_which_command_makes_them(tmp_path):
     with pytest.raises(DataError, match=r"superpixel file .*tok0_CAM_FRONT.runs does not exist; create it with "
                                         r"`slidr superpixels --index .* --method slic`"):
         PretrainDataset(index_path, "train", cfg)[0]
-    cfg.superpixels = SuperpixelConfig(method="slic", n_segments=200)
+    cfg = dataclasses.replace(cfg, superpixels=SuperpixelConfig(method="slic", n_segments=200))
     with pytest.raises(DataError, match="--n-segments 200"):
         PretrainDataset(index_path, "train", cfg)
-    cfg.superpixels = SuperpixelConfig(method="none")
+    cfg = dataclasses.replace(cfg, superpixels=SuperpixelConfig(method="none"))
     assert "superpixels" not in PretrainDataset(index_path, "train", cfg)[0]
 
 
 def test_pretraining_needs_the_configured_cameras(tmp_path):
     index_path = _build_index(tmp_path, num_samples=1, fmt="semantickitti", cameras=(), superpixels=False)
     with pytest.raises(DataError, match="SemanticKITTI pretraining needs camera images"):
-        PretrainDataset(index_path, "train", _config(index_path))
+        PretrainDataset(index_path, "train", _config(index_path, "semantickitti"))
     index_path = _build_index(tmp_path, num_samples=1, cameras=("CAM_FRONT",))
     with pytest.raises(DataError, match=r"data.cameras.*CAM_BACK.*data.cameras=\[CAM_FRONT\]"):
         PretrainDataset(index_path, "train", _config(index_path))
-    cfg = _config(index_path)
-    cfg.cameras = ["CAM_FRONT"]
+    cfg = dataclasses.replace(_config(index_path), cameras=["CAM_FRONT"])
     assert PretrainDataset(index_path, "train", cfg)[0]["images"].shape[0] == 1
 
 
 @pytest.mark.parametrize("fmt", ["nuscenes", "semantickitti"])
 def test_downstream_samples_and_collate(tmp_path, fmt):
     index_path = _build_index(tmp_path, num_samples=2, fmt=fmt, superpixels=False)
-    cfg = _config(index_path, enabled=True)
+    cfg = _config(index_path, fmt, enabled=True)
     dataset = DownstreamDataset(index_path, "train", cfg, train=False)
     samples = [dataset[0], dataset[1]]
     for sample in samples:
@@ -208,6 +208,18 @@ def test_downstream_samples_and_collate(tmp_path, fmt):
     assert np.array_equal(augmented[:, 2:], plain[:, 2:])  # rotation about z and flips: z, intensity unchanged
 
 
+@pytest.mark.parametrize("dataset_class", [PretrainDataset, DownstreamDataset])
+def test_an_index_of_another_dataset_is_refused(tmp_path, dataset_class):
+    # a nuScenes index read as SemanticKITTI would be scored against 19 unrelated classes
+    index_path = _build_index(tmp_path, num_samples=1, superpixels=False)
+    cfg = dataclasses.replace(_config(index_path, "semantickitti"), superpixels=SuperpixelConfig(method="none"))
+    with pytest.raises(DataError, match=r"index .*index.json holds nuscenes samples but data.dataset is "
+                                        r"'semantickitti'; set data.dataset=nuscenes"):
+        dataset_class(index_path, "train", cfg)
+    cfg = dataclasses.replace(cfg, dataset="nuscenes")
+    assert len(dataset_class(index_path, "train", cfg)) == 1
+
+
 def test_downstream_without_labels_is_an_error(tmp_path):
     index_path = _build_index(tmp_path, num_samples=1, labelled=False, superpixels=False)
     with pytest.raises(DataError, match="tok0.*no label file"):
@@ -217,10 +229,10 @@ def test_downstream_without_labels_is_an_error(tmp_path):
 @pytest.fixture(scope="module")
 def keyframe_index(nuscenes_keyframe, tmp_path_factory):
     """The real keyframe's index, with stand-in superpixel files (a 10x10-pixel grid, cheaper than SLIC)."""
-    from slidr.data.index import prepare_nuscenes
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
 
     folder = tmp_path_factory.mktemp("keyframe")
-    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", folder / "index.json")
+    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", folder / "index.npz")
     rows, cols = np.mgrid[:900, :1600]
     labels = (rows // 10) * 160 + cols // 10
     for camera in index.samples[0]["cameras"].values():
@@ -265,7 +277,7 @@ def test_end_to_end_prepare_superpixels_dataset_collate(tiny_nuscenes_world, tmp
     from slidr.cli.main import main
     from slidr.data.index import load_index
 
-    index_path = tmp_path / "index.json"
+    index_path = tmp_path / "index.npz"
     assert main(["prepare", "nuscenes", "--dataroot", str(tiny_nuscenes_world), "--version", "v1.0-trainval",
                  "--out", str(index_path)]) == 0
     assert main(["superpixels", "--index", str(index_path), "--method", "slic", "--n-segments", "30",
@@ -362,13 +374,13 @@ def test_data_benchmark_reports_every_stage(keyframe_index, tmp_path):
 def test_end_to_end_semantickitti(tiny_kitti_world, tmp_path):
     from slidr.cli.main import main
 
-    index_path = tmp_path / "index.json"
+    index_path = tmp_path / "index.npz"
     assert main(["prepare", "semantickitti", "--root", str(tiny_kitti_world), "--out", str(index_path)]) == 0
     cfg = DataConfig(dataset="semantickitti", index=str(index_path), image_size=[64, 112],
                      superpixels=SuperpixelConfig(method="fh"), augment=AugmentConfig(min_pairs=200))
     with pytest.raises(DataError, match=r"SemanticKITTI pretraining needs the cameras .*image_2"):
         PretrainDataset(index_path, None, cfg)
-    cfg.cameras = ["image_2"]
+    cfg = dataclasses.replace(cfg, cameras=["image_2"])
     assert main(["superpixels", "--index", str(index_path), "--method", "fh", "--no-progress"]) == 0
     # both sequences have an image_2/000000.png: each keeps its own superpixels
     from slidr.data.index import load_index

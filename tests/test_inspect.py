@@ -8,7 +8,9 @@ import os
 import numpy as np
 
 from slidr.cli.main import main
-from slidr.data.index import load_scan, prepare_nuscenes, prepare_semantickitti
+from slidr.data.prepare_nuscenes import prepare_nuscenes
+from slidr.data.prepare_semantickitti import prepare_semantickitti
+from slidr.data.scans import load_scan
 from slidr.data.voxelize import voxelize
 
 DEVKIT_COUNTS = {"CAM_FRONT": 3053, "CAM_FRONT_RIGHT": 3076, "CAM_BACK_RIGHT": 3369, "CAM_BACK": 4820,
@@ -16,9 +18,9 @@ DEVKIT_COUNTS = {"CAM_FRONT": 3053, "CAM_FRONT_RIGHT": 3076, "CAM_BACK_RIGHT": 3
 
 
 def test_inspect_keyframe_json(nuscenes_keyframe, tmp_path, capsys):
-    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", tmp_path / "index.json")
+    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", tmp_path / "index.npz")
     out = tmp_path / "inspect.json"
-    assert main(["inspect", "--index", str(tmp_path / "index.json"), "--sample", "0", "--json", str(out)]) == 0
+    assert main(["inspect", "--index", str(tmp_path / "index.npz"), "--sample", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["num_points"] == 34688 and report["pairs_per_camera"] == DEVKIT_COUNTS
     points = load_scan(index, index.samples[0]).points
@@ -31,10 +33,10 @@ def test_inspect_keyframe_json(nuscenes_keyframe, tmp_path, capsys):
     from slidr.data import superpixels
 
     sample = index.samples[0]
-    folder = superpixels.superpixel_dir(tmp_path / "index.json", "slic", 150)
+    folder = superpixels.superpixel_dir(tmp_path / "index.npz", "slic", 150)
     labels = np.repeat(np.arange(6, dtype=np.int64), 150).reshape(1, -1).repeat(2, axis=0)
     superpixels.write_labels(superpixels.superpixel_path(folder, sample["cameras"]["CAM_BACK"]["image"]), labels)
-    assert main(["inspect", "--index", str(tmp_path / "index.json"), "--sample", sample["token"], "--json",
+    assert main(["inspect", "--index", str(tmp_path / "index.npz"), "--sample", sample["token"], "--json",
                  str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["superpixel_method"] == folder.name and report["superpixels_per_image"] == {"CAM_BACK": 6}
@@ -47,9 +49,9 @@ def test_inspect_label_histogram_and_bad_sample(semantickitti_scans, tmp_path):
     for scan in sorted(semantickitti_scans.glob("*.bin")):
         os.symlink(scan, sequence / "velodyne" / scan.name)
         os.symlink(scan.with_suffix(".label"), sequence / "labels" / f"{scan.stem}.label")
-    prepare_semantickitti(tmp_path, tmp_path / "index.json")
+    prepare_semantickitti(tmp_path, tmp_path / "index.npz")
     out = tmp_path / "inspect.json"
-    assert main(["inspect", "--index", str(tmp_path / "index.json"), "--sample", "0", "--json", str(out)]) == 0
+    assert main(["inspect", "--index", str(tmp_path / "index.npz"), "--sample", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     raw = np.fromfile(sequence / "labels" / "000000.label", np.uint32) & 0xFFFF
     histogram = report["label_histogram"]
@@ -58,5 +60,5 @@ def test_inspect_label_histogram_and_bad_sample(semantickitti_scans, tmp_path):
     assert histogram["road"] == int(np.isin(raw, [40, 60]).sum())
     assert histogram["car"] == int(np.isin(raw, [10, 252]).sum())
     assert report["pairs_per_camera"] == {}
-    assert main(["inspect", "--index", str(tmp_path / "index.json"), "--sample", "7"]) == 2
-    assert main(["inspect", "--index", str(tmp_path / "index.json"), "--sample", "nope"]) == 2
+    assert main(["inspect", "--index", str(tmp_path / "index.npz"), "--sample", "7"]) == 2
+    assert main(["inspect", "--index", str(tmp_path / "index.npz"), "--sample", "nope"]) == 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidr.data.index import load_scan, prepare_nuscenes
+from slidr.data.prepare_nuscenes import prepare_nuscenes
 from slidr.data.projection import pixel_coordinates, project_points, project_to_cameras
+from slidr.data.scans import load_scan
 from slidr.errors import DataError
 
 DEVKIT_COUNTS = {"CAM_FRONT": 3053, "CAM_FRONT_RIGHT": 3076, "CAM_BACK_RIGHT": 3369, "CAM_BACK": 4820,
@@ -15,7 +16,7 @@ DEVKIT_COUNTS = {"CAM_FRONT": 3053, "CAM_FRONT_RIGHT": 3076, "CAM_BACK_RIGHT": 3
 
 @pytest.fixture(scope="module")
 def keyframe(nuscenes_keyframe, tmp_path_factory):
-    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", tmp_path_factory.mktemp("kf") / "index.json")
+    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", tmp_path_factory.mktemp("kf") / "index.npz")
     sample = index.samples[0]
     return index, sample, load_scan(index, sample).points
 

@@ -177,23 +177,25 @@ def test_shards_partition_the_images():
     assert image_jobs(samples, "/data", channels=["CAM_1"])[0].channel == "CAM_1"
     assert parse_shard("2/5") == (2, 5)
     for bad in ("5/5", "1", "a/b", "-1/3"):
-        with pytest.raises(SlidrError, match="--shard"):
+        with pytest.raises(SlidrError, match="shard"):
             parse_shard(bad)
 
 
 def test_superpixel_benchmark_on_given_images(tmp_path):
     import argparse
 
-    from slidr.bench.superpixels import run
+    from slidr.bench.superpixels import SuperpixelBenchConfig, run
+    from slidr.config import SuperpixelConfig
 
     _write_images(tmp_path, 2)
-    args = argparse.Namespace(images=str(tmp_path / "samples"), method="fh", n_segments=150, copies=2)
-    result = run(args)
+    settings = SuperpixelBenchConfig(images=str(tmp_path / "samples"), superpixels=SuperpixelConfig(method="fh"),
+                                     copies=2)
+    result = run(argparse.Namespace(settings=settings))
     assert result.data["images"] == 4 and result.data["image_size"] == "80x48"
     assert result.data["images_per_s_1"] > 0 and result.data["images_per_s_2"] > 0
     assert result.data["projected_nuscenes_hours_1"] > 0
     with pytest.raises(SlidrError, match=r"no camera images found in .*nothing/CAM_\*/.*--images"):
-        run(argparse.Namespace(images=str(tmp_path / "nothing"), method="slic", n_segments=150, copies=1))
+        run(argparse.Namespace(settings=SuperpixelBenchConfig(images=str(tmp_path / "nothing"))))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -230,11 +230,11 @@ def test_semantickitti_layout_round_trip(tiny_kitti_world, tiny_nuscenes_world, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--scenes", "0"], "--scenes must be a positive count"),
-    (["--frames", "-2"], "--frames must be a positive count"),
-    (["--image-size", "63x200"], "both sides >= 64"),
+    (["--scenes", "0"], "--scenes 0: scenes must be > 0"),
+    (["--frames", "-2"], "--frames -2: frames must be > 0"),
+    (["--image-size", "63x200"], "--image-size 63x200: image_size must be [width, height] with both sides >= 64"),
     (["--image-size", "big"], "WIDTHxHEIGHT"),
-    (["--workers", "0"], "--workers must be a positive count"),
+    (["--workers", "0"], "--workers 0: workers must be > 0"),
 ])
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, argv, message):
     code = main(["synth", "--out", str(tmp_path / "world"), "--no-progress", *argv])

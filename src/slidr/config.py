@@ -1,26 +1,48 @@
-"""One configuration system: typed dataclasses, loaded from YAML, overridable by dotted paths, validated on load.
+"""One configuration system: typed, frozen dataclasses, loaded from YAML, overridable by dotted paths, validated.
 
-Every setting of every command lives in one of the dataclasses below. A YAML file gives any subset of the
-fields; the command line overrides single fields with ``dotted.path=value`` (the value is parsed as YAML, so
-``trainer.epochs=3``, ``data.image_size=[224,416]`` and ``image.weights=null`` all work). Unknown keys, wrong
-types and out-of-range values raise :class:`ConfigError` naming the key and, for unknown keys, the valid ones.
+Every setting of every command lives in one of the dataclasses below (a benchmark's own knobs live in its
+module). A YAML file gives any subset of the fields; the command line overrides single fields with
+``dotted.path=value`` (``trainer.epochs=3``, ``data.image_size=[224,416]``, ``image.weights=null``,
+``optim.lr=1e-3``; ``pretrain.*.trainer.epochs=1`` sets the key in every entry of a mapping). A value typed on
+the command line is read according to the setting's type: a string setting keeps the text as typed (``00``
+stays ``"00"``), a number setting accepts every number Python's ``float()`` / ``int()`` reads, ``null`` is
+``None``. Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key, where it
+was set and, for unknown keys, the valid ones. Fields that name a registered entry (``method``,
+``backbone.name``, ``image.encoder``, ``optim.optimizer``) are typed ``Annotated[str, RegistryName(kind)]``:
+their allowed values are the names of that registry (:mod:`slidr.registry`), imported only when such a field is
+checked.
 
-The files in ``configs/`` reproduce the paper's settings by name, e.g. ``configs/pretrain/slidr_minkunet.yaml``.
+Rules of composition:
+
+- a section given in a file or by overrides is laid over that section's default (``DownstreamConfig.data``
+  defaults to no augmentation, so ``data.index=...`` keeps augmentation off);
+- a setting whose type is a config class may name a config file instead (``probe: downstream/probe.yaml``):
+  that file alone gives the section, over the class defaults; relative names are looked up beside the
+  referring file, then in the working directory, then among the packaged configs;
+- configs are frozen and validated on construction: derive a changed one with :func:`with_changes` (or
+  ``dataclasses.replace``), never by assignment.
+
+The packaged configs (``slidr/configs/``, ``slidr configs`` lists them) reproduce the paper's settings by name:
+``--config configs/pretrain/slidr_minkunet.yaml``, ``--config pretrain/slidr_minkunet.yaml`` and
+``--config slidr_minkunet`` all find ``slidr/configs/pretrain/slidr_minkunet.yaml`` from any folder.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
+import importlib.resources
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, TypeVar
 
 import yaml
 
-from slidr.errors import SlidrError
+from slidr.errors import ConfigError
+from slidr.registry import RegistryName
 
 T = TypeVar("T")
 
@@ -32,10 +54,34 @@ NUSCENES_CAMERAS = (
     "CAM_BACK_LEFT",
     "CAM_FRONT_LEFT",
 )
+KNN_CLASSES = ("vegetation", "car", "pedestrian")  # classes of ``slidr knn`` by default
 
 
-class ConfigError(SlidrError, ValueError):
-    """A configuration file or override is invalid; the message names the key and what is wrong."""
+def setting(default: Any = dataclasses.MISSING, *, help: str,
+            factory: Optional[Callable[[], Any]] = None) -> Any:
+    """A dataclass field documented by ``help`` (the help text of its command-line option, if it has one).
+
+    Without ``default`` and ``factory`` the setting is required.
+    """
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+_VALIDATING_AT: contextvars.ContextVar[str] = contextvars.ContextVar("slidr_config_where", default="")
+
+
+class ConfigBase:
+    """Base of every config class: validated when constructed (``from_dict``, ``dataclasses.replace``, a call).
+
+    Subclasses are ``@dataclass(frozen=True)`` and may define ``validate(self, where)``, raising
+    :class:`ConfigError` for values out of range; ``where`` is the dotted key of the instance ("" at the top).
+    """
+
+    def __post_init__(self) -> None:
+        validate = getattr(self, "validate", None)
+        if validate is not None:
+            validate(_VALIDATING_AT.get())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -43,8 +89,8 @@ class ConfigError(SlidrError, ValueError):
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class VoxelConfig:
+@dataclass(frozen=True)
+class VoxelConfig(ConfigBase):
     """Voxelization of a scan.
 
     cylindrical: (rho / size, azimuth / azimuth_step_deg, z / size); cartesian: (x, y, z) / size.
@@ -55,12 +101,12 @@ class VoxelConfig:
     azimuth_step_deg: float = 1.0
 
     def validate(self, where: str) -> None:
-        _positive(self.size, f"{where}.size")
-        _positive(self.azimuth_step_deg, f"{where}.azimuth_step_deg")
+        positive(self.size, subkey(where, "size"))
+        positive(self.azimuth_step_deg, subkey(where, "azimuth_step_deg"))
 
 
-@dataclass
-class AugmentConfig:
+@dataclass(frozen=True)
+class AugmentConfig(ConfigBase):
     """Paired point-cloud and image augmentations (supplementary B). ``enabled: false`` gives validation mode."""
 
     enabled: bool = True
@@ -77,28 +123,37 @@ class AugmentConfig:
 
     def validate(self, where: str) -> None:
         for name in ("flip_prob", "image_hflip_prob", "crop_min_area", "cuboid_max_fraction", "min_pair_fraction"):
-            _in_unit_interval(getattr(self, name), f"{where}.{name}")
-        _positive(self.max_tries, f"{where}.max_tries")
-        if len(self.crop_aspect_range) != 2 or self.crop_aspect_range[0] > self.crop_aspect_range[1]:
-            raise ConfigError(f"{where}.crop_aspect_range must be [low, high] with low <= high")
+            _in_unit_interval(getattr(self, name), subkey(where, name))
+        positive(self.max_tries, subkey(where, "max_tries"))
+        at_least(self.min_pairs, 0, subkey(where, "min_pairs"))
+        aspect = self.crop_aspect_range
+        if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+            raise ConfigError(f"{subkey(where, 'crop_aspect_range')} must be [low, high] with 0 < low <= high, "
+                              f"got {aspect}", key=subkey(where, "crop_aspect_range"))
 
 
-@dataclass
-class SuperpixelConfig:
+@dataclass(frozen=True)
+class SuperpixelConfig(ConfigBase):
     """Which precomputed superpixels to use (``slidr superpixels`` writes them)."""
 
-    method: Literal["slic", "fh", "masks", "none"] = "slic"
-    n_segments: int = 150
-    root: Optional[str] = None  # default: <index folder>/superpixels
-    source: Optional[str] = None  # method "masks": name of the imported mask set (folder masks_<source>)
+    method: Literal["slic", "fh", "masks", "none"] = setting(
+        "slic", help="SLIC (compactness 6, sigma 3) or Felzenszwalb-Huttenlocher (scale 300, sigma 0.35, "
+                     "min_size 4000), or import masks computed elsewhere (--from)")
+    n_segments: int = setting(150, help="SLIC's target number of segments")
+    root: Optional[str] = setting(None, help="folder of all superpixel variants (default: <index folder>/superpixels)")
+    source: Optional[str] = setting(
+        None, help="masks: name of the imported mask set, folder masks_<name> (default: the --from folder's name)")
+
+    def validate(self, where: str) -> None:
+        positive(self.n_segments, subkey(where, "n_segments"))
 
 
-@dataclass
-class DataConfig:
+@dataclass(frozen=True)
+class DataConfig(ConfigBase):
     """Where the data is and how a sample is turned into tensors."""
 
     dataset: Literal["nuscenes", "semantickitti"] = "nuscenes"
-    index: str = "data/synth/index.json"
+    index: str = "data/synth/index.npz"
     train_split: str = "train"
     val_split: str = "val"
     label_fraction: float = 1.0
@@ -111,40 +166,55 @@ class DataConfig:
 
     def validate(self, where: str) -> None:
         if not 0 < self.label_fraction <= 1:
-            raise ConfigError(f"{where}.label_fraction must be in (0, 1], got {self.label_fraction}")
+            raise ConfigError(f"{subkey(where, 'label_fraction')} must be in (0, 1], got {self.label_fraction}",
+                              key=subkey(where, "label_fraction"))
         if len(self.image_size) != 2 or min(self.image_size) < 32:
-            raise ConfigError(f"{where}.image_size must be [height, width], each >= 32, got {self.image_size}")
-        if self.num_workers < 0:
-            raise ConfigError(f"{where}.num_workers must be >= 0")
+            raise ConfigError(f"{subkey(where, 'image_size')} must be [height, width], each >= 32, got "
+                              f"{self.image_size}", key=subkey(where, "image_size"))
+        at_least(self.num_workers, 0, subkey(where, "num_workers"))
 
 
-@dataclass
-class BackboneConfig:
+@dataclass(frozen=True)
+class BackboneConfig(ConfigBase):
     """The 3D sparse U-Net."""
 
-    name: Literal["minkunet34", "minkunet18", "minkunet14", "minkunet34_half", "minkunet14_half"] = "minkunet34"
+    name: Annotated[str, RegistryName("backbone")] = "minkunet34"  # slidr.models.BACKBONES
     in_channels: int = 1
     out_channels: int = 64
     bn_momentum: float = 0.05
     normalize_output: bool = True
     backend: Literal["torch", "spconv"] = "torch"
 
+    def validate(self, where: str) -> None:
+        positive(self.in_channels, subkey(where, "in_channels"))
+        positive(self.out_channels, subkey(where, "out_channels"))
+        _in_unit_interval(self.bn_momentum, subkey(where, "bn_momentum"))
 
-@dataclass
-class ImageModelConfig:
+
+@dataclass(frozen=True)
+class ImageModelConfig(ConfigBase):
     """The frozen image teacher and its trainable head."""
 
-    encoder: Literal["resnet50", "resnet18", "vit_small", "convnet_small"] = "resnet50"
+    encoder: Annotated[str, RegistryName("image_encoder")] = "resnet50"  # slidr.models.IMAGE_ENCODERS
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
     weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
     out_channels: int = 64
     normalize_output: bool = True
     freeze_encoder: bool = True
+    layers: int = 1  # ViT encoders: patch tokens of the last k blocks, concatenated (k * D channels)
+    final_norm: bool = True  # ViT encoders: through the final LayerNorm; false: pre-norm tokens (ScaLR's x_pre_norm)
+
+    def validate(self, where: str) -> None:
+        positive(self.out_channels, subkey(where, "out_channels"))
+        positive(self.layers, subkey(where, "layers"))
+        if (self.layers != 1 or not self.final_norm) and not self.encoder.startswith(("vit", "dinov2")):
+            raise ConfigError(f"{subkey(where, 'layers')} and {subkey(where, 'final_norm')} apply to ViT encoders "
+                              f"(vit_small, dinov2_*), not to {self.encoder}", key=subkey(where, "layers"))
 
 
-@dataclass
-class LossConfig:
+@dataclass(frozen=True)
+class LossConfig(ConfigBase):
     """Contrastive loss settings shared by the pretraining methods."""
 
     temperature: float = 0.07
@@ -157,15 +227,18 @@ class LossConfig:
     embedding_dim: int = 128  # DepthContrast: size of the global (pooled) embeddings
 
     def validate(self, where: str) -> None:
-        _positive(self.temperature, f"{where}.temperature")
-        _positive(self.num_matches, f"{where}.num_matches")
+        positive(self.temperature, subkey(where, "temperature"))
+        positive(self.num_matches, subkey(where, "num_matches"))
+        positive(self.queue_size, subkey(where, "queue_size"))
+        _in_unit_interval(self.momentum, subkey(where, "momentum"))
+        positive(self.embedding_dim, subkey(where, "embedding_dim"))
 
 
-@dataclass
-class OptimConfig:
+@dataclass(frozen=True)
+class OptimConfig(ConfigBase):
     """Optimizer and learning-rate schedule."""
 
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Annotated[str, RegistryName("optimizer")] = "sgd"  # slidr.engine.optim.OPTIMIZERS
     lr: float = 0.5
     lr_head: Optional[float] = None  # downstream fine-tuning: separate learning rate of the classifier
     momentum: float = 0.9
@@ -175,11 +248,17 @@ class OptimConfig:
     min_lr: float = 0.0
 
     def validate(self, where: str) -> None:
-        _positive(self.lr, f"{where}.lr")
+        positive(self.lr, subkey(where, "lr"))
+        if self.lr_head is not None:
+            positive(self.lr_head, subkey(where, "lr_head"))
+        at_least(self.momentum, 0, subkey(where, "momentum"))
+        _in_unit_interval(self.dampening, subkey(where, "dampening"))
+        at_least(self.weight_decay, 0, subkey(where, "weight_decay"))
+        at_least(self.min_lr, 0, subkey(where, "min_lr"))
 
 
-@dataclass
-class TrainerConfig:
+@dataclass(frozen=True)
+class TrainerConfig(ConfigBase):
     """How training runs: epochs, batch, devices, checkpoints, logging."""
 
     epochs: int = 50
@@ -197,14 +276,26 @@ class TrainerConfig:
     limit_train_batches: Optional[float] = None
 
     def validate(self, where: str) -> None:
-        _positive(self.epochs, f"{where}.epochs")
-        _positive(self.batch_size, f"{where}.batch_size")
-        if self.keep_checkpoints < 0:
-            raise ConfigError(f"{where}.keep_checkpoints must be >= 0")
+        positive(self.epochs, subkey(where, "epochs"))
+        if self.max_steps != -1:
+            positive(self.max_steps, subkey(where, "max_steps"), "(or -1: derived from epochs)")
+        positive(self.batch_size, subkey(where, "batch_size"))
+        if isinstance(self.devices, bool) or (isinstance(self.devices, int) and self.devices < 1
+                                              and self.devices != -1):
+            raise ConfigError(f"{subkey(where, 'devices')} must be a count >= 1, -1 (all), a list of device ids or "
+                              f"'auto', got {self.devices!r}", key=subkey(where, "devices"))
+        positive(self.num_nodes, subkey(where, "num_nodes"))
+        at_least(self.seed, 0, subkey(where, "seed"))
+        at_least(self.keep_checkpoints, 0, subkey(where, "keep_checkpoints"))
+        positive(self.log_every_n_steps, subkey(where, "log_every_n_steps"))
+        if self.num_threads is not None:
+            positive(self.num_threads, subkey(where, "num_threads"))
+        if self.limit_train_batches is not None:
+            positive(self.limit_train_batches, subkey(where, "limit_train_batches"))
 
 
-@dataclass
-class ScanPairConfig:
+@dataclass(frozen=True)
+class ScanPairConfig(ConfigBase):
     """PointContrast pairs of keyframes and DepthContrast views (``slidr.data.scan_pairs``)."""
 
     min_distance: float = 10.0  # PointContrast: pairs whose lidars are closer than this (m) are dropped
@@ -215,18 +306,19 @@ class ScanPairConfig:
     cache: Optional[str] = None  # PointContrast: JSON file caching the selected pairs (default: beside the index)
 
     def validate(self, where: str) -> None:
-        _positive(self.min_matches, f"{where}.min_matches")
-        _positive(self.match_radius, f"{where}.match_radius")
-        _positive(self.max_points, f"{where}.max_points")
-        if self.min_distance < 0:
-            raise ConfigError(f"{where}.min_distance must be >= 0")
+        positive(self.min_matches, subkey(where, "min_matches"))
+        positive(self.match_radius, subkey(where, "match_radius"))
+        positive(self.max_points, subkey(where, "max_points"))
+        at_least(self.min_distance, 0, subkey(where, "min_distance"))
+        if self.equivalent_epochs is not None:
+            positive(self.equivalent_epochs, subkey(where, "equivalent_epochs"))
 
 
-@dataclass
-class PretrainConfig:
+@dataclass(frozen=True)
+class PretrainConfig(ConfigBase):
     """``slidr pretrain``: self-supervised pretraining of the 3D backbone."""
 
-    method: Literal["slidr", "ppkt", "pointcontrast", "depthcontrast"] = "slidr"
+    method: Annotated[str, RegistryName("method")] = "slidr"  # slidr.methods.METHODS
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageModelConfig = field(default_factory=ImageModelConfig)
@@ -236,29 +328,36 @@ class PretrainConfig:
     pairs: ScanPairConfig = field(default_factory=ScanPairConfig)
 
 
-@dataclass
-class DownstreamConfig:
+@dataclass(frozen=True)
+class DownstreamConfig(ConfigBase):
     """``slidr probe`` / ``slidr finetune``: semantic segmentation on top of a (pretrained) backbone."""
 
     mode: Literal["probe", "finetune"] = "probe"
-    pretrained: Optional[str] = None  # exported pretraining file or state dict; None = random init
+    pretrained: Optional[str] = setting(
+        None, help="pretrained file (slidr pretrain's pretrained.pt or a state dict); none = random init")
     lovasz: bool = True
     lr_random_init: float = 0.05  # fine-tuning from random init: one learning rate for all (authors' config)
     cache_features: bool = True  # probe without augmentation: compute the frozen features once
     # probe: standardise the frozen features with training statistics before the classifier (MAE's linear-probe
     # practice), folded into ``final`` afterwards; false = the authors' plain linear layer on raw features
     standardize_features: bool = True
+    val_every_n_epochs: int = 0  # evaluate data.val_split during training every N epochs (0: only after training)
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
+    def validate(self, where: str) -> None:
+        positive(self.lr_random_init, subkey(where, "lr_random_init"))
+        at_least(self.val_every_n_epochs, 0, subkey(where, "val_every_n_epochs"))
 
-@dataclass
-class DemoConfig:
-    """``slidr demo``: the end-to-end run on the embedded synthetic world (configs/demo/demo.yaml).
 
-    Config file paths are relative to the folder of the demo config file.
+@dataclass(frozen=True)
+class DemoConfig(ConfigBase):
+    """``slidr demo``: the end-to-end run on the embedded synthetic world (packaged ``demo/demo.yaml``).
+
+    ``pretrain`` (one pretraining per entry) and ``probe`` are full configs; in a file each may be given inline or
+    as the name of a config file.
     """
 
     world: str = "data/synth-demo"  # generated (and indexed, superpixels computed) on first use, reused after
@@ -267,92 +366,355 @@ class DemoConfig:
     image_size: list[int] = field(default_factory=lambda: [480, 270])  # (width, height) of the generated images
     seed: int = 0
     workers: int = 2  # world generation and superpixels
-    pretrain: dict = field(default_factory=lambda: {"slidr": "../pretrain/demo_cpu.yaml",
-                                                    "ppkt": "../pretrain/ppkt_demo_cpu.yaml"})
-    probe: str = "../downstream/probe_demo_cpu.yaml"
+    pretrain: dict[str, PretrainConfig] = field(
+        default_factory=lambda: {"slidr": load_config(PretrainConfig, "pretrain/demo_cpu.yaml"),
+                                 "ppkt": load_config(PretrainConfig, "pretrain/ppkt_demo_cpu.yaml")})
+    probe: DownstreamConfig = field(
+        default_factory=lambda: load_config(DownstreamConfig, "downstream/probe_demo_cpu.yaml"))
     train_split: str = "train"  # pretraining and probe training; tune on parametrizing/verifying, never on val
     eval_split: str = "val"
     knn_frames: int = 4
 
     def validate(self, where: str) -> None:
         for name in ("scenes", "frames", "workers", "knn_frames"):
-            _positive(getattr(self, name), f"{where}.{name}")
+            positive(getattr(self, name), subkey(where, name))
+        at_least(self.seed, 0, subkey(where, "seed"))
         if len(self.image_size) != 2 or min(self.image_size) < 64:
-            raise ConfigError(f"{where}.image_size must be [width, height], each >= 64, got {self.image_size}")
+            raise ConfigError(f"{subkey(where, 'image_size')} must be [width, height], each >= 64, got "
+                              f"{self.image_size}", key=subkey(where, "image_size"))
+        if not self.pretrain:
+            raise ConfigError(f"{subkey(where, 'pretrain')} must name at least one pretraining",
+                              key=subkey(where, "pretrain"))
+
+
+# --- settings of the data-preparation and analysis commands ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthConfig(ConfigBase):
+    """``slidr synth``: the procedural driving world written as a nuScenes (or SemanticKITTI) dataset."""
+
+    scenes: int = setting(10, help="number of scenes")
+    frames: int = setting(10, help="keyframes per scene, at 2 Hz")
+    image_size: list[int] = setting(factory=lambda: [800, 450],
+                                    help="camera image size (width, height); 1600x900 is nuScenes' own")
+    seed: int = setting(0, help="random seed: same seed, same dataset")
+    workers: Optional[int] = setting(None, help="processes rendering in parallel (default: one per CPU core)")
+    format: Literal["nuscenes", "semantickitti", "kitti-object"] = setting(
+        "nuscenes", help="on-disk layout (kitti-object: KITTI 3D object layout, front camera, label_2 boxes)")
+    version: str = setting("v1.0-trainval", help="nuScenes version folder name")
+    previews: bool = setting(True, help="write the preview pictures")
+
+    def validate(self, where: str) -> None:
+        positive(self.scenes, subkey(where, "scenes"))
+        positive(self.frames, subkey(where, "frames"))
+        at_least(self.seed, 0, subkey(where, "seed"))
+        if self.workers is not None:
+            positive(self.workers, subkey(where, "workers"))
+        if len(self.image_size) != 2 or min(self.image_size) < 64:  # the renderer's MIN_IMAGE_SIDE
+            raise ConfigError(f"{subkey(where, 'image_size')} must be [width, height] with both sides >= 64 px, got "
+                              f"{self.image_size}", key=subkey(where, "image_size"))
+
+
+@dataclass(frozen=True)
+class PrepareNuScenesConfig(ConfigBase):
+    """``slidr prepare nuscenes``: index the keyframes of a nuScenes dataroot (devkit layout)."""
+
+    dataroot: str = setting(help="folder holding <version>/*.json and samples/")
+    version: str = setting("v1.0-trainval", help="table folder name: v1.0-trainval, v1.0-test, v1.0-mini, ...")
+    splits: Literal["auto", "official", "stratified"] = setting(
+        "auto", help="official devkit splits, stratified generated ones, or auto (stratified for the synthetic "
+                     "world and unknown scenes)")
+
+
+@dataclass(frozen=True)
+class PrepareKittiConfig(ConfigBase):
+    """``slidr prepare semantickitti``: index SemanticKITTI sequences (scans, labels, calibration, poses)."""
+
+    root: str = setting(help="dataset folder holding sequences/ (or the sequences folder)")
+
+
+@dataclass(frozen=True)
+class PrepareKittiObjectConfig(ConfigBase):
+    """``slidr prepare kitti-object``: index KITTI 3D object frames (boxes)."""
+
+    root: str = setting(help="folder holding training/ (and testing/, ImageSets/)")
+
+
+@dataclass(frozen=True)
+class SuperpixelJobConfig(ConfigBase):
+    """``slidr superpixels``: superpixels of every camera image of an index (resumable, parallel, sharded), or
+    masks computed elsewhere imported as superpixels (``superpixels.method: masks``, ``from_dir``)."""
+
+    index: str = setting(help="index file written by `slidr prepare`")
+    superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    workers: int = setting(1, help="processes computing in parallel")
+    shard: str = setting("0/1", help="compute only share I of N (0-based), e.g. one task of a cluster job array")
+    cameras: Optional[list[str]] = setting(None, help="only these camera channels (default: all)")
+    from_dir: Optional[str] = setting(
+        None, help="masks: folder of the mask files, DIR/<image path without suffix>.{png,npz,npy,json}, or for "
+                   "nuScenes also DIR/<CHANNEL>/<image stem>.{png,...} (formats: slidr.data.masks)")
+    fill: Literal["unlabelled", "nearest"] = setting(
+        "unlabelled", help="masks: pixels no mask covers keep id 0, left out of the losses (unlabelled), or take "
+                           "the nearest mask's id")
+    resize_masks: bool = setting(False, help="masks: resample masks of another size than their image (nearest "
+                                             "neighbour)")
+
+    def validate(self, where: str) -> None:
+        positive(self.workers, subkey(where, "workers"))
+        parse_shard(self.shard, subkey(where, "shard"))
+        method_key = subkey(where, "superpixels.method")
+        if self.superpixels.method == "none":
+            raise ConfigError(f"{method_key}: 'none' computes nothing; choose slic, fh or masks", key=method_key)
+        if (self.superpixels.method == "masks") != (self.from_dir is not None):
+            raise ConfigError(f"--from DIR goes with --method masks (and only with it): {method_key} is "
+                              f"{self.superpixels.method}, {subkey(where, 'from_dir')} is {self.from_dir}",
+                              key=subkey(where, "from_dir"))
+
+
+@dataclass(frozen=True)
+class InspectConfig(ConfigBase):
+    """``slidr inspect``: the numbers a user checks first for one sample of an index."""
+
+    index: str = setting(help="index file written by `slidr prepare`")
+    sample: str = setting(help="sample position (0-based) or token")
+    superpixels: Optional[str] = setting(
+        None, help="superpixel variant folder, e.g. slic_n150_c6_s3 (default: SLIC 150 if computed, else the first "
+                   "computed variant)")
+    superpixel_root: Optional[str] = setting(
+        None, help="folder of the superpixel variants (default: <index folder>/superpixels)")
+
+
+@dataclass(frozen=True)
+class KnnConfig(ConfigBase):
+    """``slidr knn``: k-NN label transfer through a sequence with pretrained 3D features."""
+
+    pretrained: str = setting(help="exported pretraining (pretrained.pt)")
+    index: Optional[str] = setting(None, help="dataset index (default: the pretraining's data.index)")
+    scene: Optional[str] = setting(None, help="scene / sequence (default: the first scene of the val split)")
+    classes: list[str] = setting(factory=lambda: list(KNN_CLASSES), help="classes to transfer")
+    k: int = setting(20, help="neighbours")
+    camera: Optional[str] = setting("CAM_FRONT", help="camera of the overlay; none for bird's-eye only")
+    max_frames: Optional[int] = setting(None, help="stop after this many frames")
+
+    def validate(self, where: str) -> None:
+        positive(self.k, subkey(where, "k"))
+        if not self.classes:
+            raise ConfigError(f"{subkey(where, 'classes')} must name at least one class", key=subkey(where, "classes"))
+        if self.max_frames is not None:
+            at_least(self.max_frames, 2, subkey(where, "max_frames"))
+
+
+@dataclass(frozen=True)
+class SimilarityConfig(ConfigBase):
+    """``slidr similarity``: similarity maps of a query point's 3D feature with the 2D and 3D features."""
+
+    pretrained: str = setting(help="exported pretraining (pretrained.pt)")
+    index: Optional[str] = setting(None, help="dataset index (default: the pretraining's data.index)")
+    sample: int = setting(0, help="position of the sample in the index")
+    camera: Optional[str] = setting(None, help="camera channel (default: the pretraining's first camera)")
+    point: Optional[int] = setting(None, help="query: the I-th point among those that project into the image")
+    pixel: Optional[list[int]] = setting(
+        None, help="query: the projected point nearest to this pixel (of the network's input image)")
+    query_class: Optional[str] = setting(None, help="query: a random point of this class")
+    seed: int = setting(0, help="seed of random queries")
+
+    def validate(self, where: str) -> None:
+        at_least(self.sample, 0, subkey(where, "sample"))
+        at_least(self.seed, 0, subkey(where, "seed"))
+        if self.point is not None:
+            at_least(self.point, 0, subkey(where, "point"))
+        if self.pixel is not None:
+            if len(self.pixel) != 2 or min(self.pixel) < 0:
+                raise ConfigError(f"{subkey(where, 'pixel')} must be [row, col], each >= 0, got {self.pixel}",
+                                  key=subkey(where, "pixel"))
+        given = [name for name in ("point", "pixel", "query_class") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give at most one query, got {' and '.join(subkey(where, n) for n in given)}",
+                              key=subkey(where, given[-1]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Packaged configs.
+# --------------------------------------------------------------------------------------------------------------
+
+CONFIG_GROUPS: dict[str, type] = {"pretrain": PretrainConfig, "downstream": DownstreamConfig, "demo": DemoConfig}
+
+
+def packaged_config_dir() -> Path:
+    """The folder of the configs shipped with slidr (``slidr/configs``, found through ``importlib.resources``)."""
+    folder = importlib.resources.files("slidr").joinpath("configs")
+    if not isinstance(folder, Path) or not folder.is_dir():
+        raise ConfigError(f"the packaged configs are not readable as files here ({folder}); reinstall slidr "
+                          f"unzipped (pip installs it so)")
+    return folder
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged configs relative to :func:`packaged_config_dir`, e.g. ``pretrain/demo_cpu.yaml``."""
+    root = packaged_config_dir()
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*.yaml"))
+
+
+def packaged_config_class(name: str) -> type:
+    """The config class of packaged config ``name`` (from its folder: pretrain, downstream, demo)."""
+    group = name.split("/", 1)[0]
+    if group not in CONFIG_GROUPS:
+        raise ConfigError(f"{name}: packaged configs live in {', '.join(CONFIG_GROUPS)}/")
+    return CONFIG_GROUPS[group]
+
+
+def resolve_config_path(name: str | Path, relative_to: Optional[Path] = None) -> Path:
+    """The config file that ``name`` designates.
+
+    In order: ``name`` as a path (beside ``relative_to`` first when given, then from the working directory); the
+    packaged config of that name, with or without a leading ``configs/`` and the ``.yaml`` suffix
+    (``configs/pretrain/slidr_minkunet.yaml``, ``pretrain/slidr_minkunet``); a packaged config whose file name
+    is ``name`` (``slidr_minkunet``).
+
+    Raises
+    ------
+    ConfigError
+        Nothing matches, or a bare name matches several packaged configs.
+    """
+    path = Path(name).expanduser()
+    candidates = [relative_to / path] if relative_to is not None and not path.is_absolute() else []
+    candidates.append(path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    if not path.is_absolute():
+        root = packaged_config_dir()
+        parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+        stem = Path(*parts) if parts else None
+        if stem is not None:
+            for candidate in (root / stem, root / stem.with_name(stem.name + ".yaml")):
+                if candidate.is_file():
+                    return candidate
+            if len(parts) == 1:
+                wanted = parts[0] if parts[0].endswith(".yaml") else parts[0] + ".yaml"
+                matches = sorted(root.rglob(wanted))
+                if len(matches) == 1:
+                    return matches[0]
+                if len(matches) > 1:
+                    listed = ", ".join(match.relative_to(root).as_posix() for match in matches)
+                    raise ConfigError(f"config name {name} is ambiguous: {listed}")
+    raise ConfigError(f"config file {name} does not exist (nor a packaged config of that name: "
+                      f"{', '.join(packaged_configs())})")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Machinery.
 # --------------------------------------------------------------------------------------------------------------
 
+_NULL_TEXTS = ("", "~", "null", "Null", "NULL")
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> T:
-    """Build a ``cls`` instance from an optional YAML file and ``dotted.key=value`` overrides, validated."""
+
+class RawText(str):
+    """A value typed on the command line: read according to the type of the setting it is given to."""
+
+
+@dataclass(frozen=True)
+class Override:
+    """One setting given on the command line: dotted ``key`` (``*`` matches every entry of a mapping), its
+    ``value`` (a :class:`RawText` is read according to the setting's type) and ``source``, the text that
+    error messages quote (``trainer.epochs=0``, ``--workers 0``)."""
+
+    key: str
+    value: Any
+    source: str
+
+
+class _FromFile(dict):
+    """A mapping read from a config file: the whole section, laid over the class defaults (not the field's)."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Sequence[str | Override] = ()) -> T:
+    """Build a ``cls`` instance from an optional YAML file and overrides (``dotted.key=value`` text or
+    :class:`Override`), validated; errors name the key and where its value came from."""
     data: dict = {}
-    source = "defaults"
+    resolved: Optional[Path] = None
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        data = loaded or {}
-        source = str(path)
-    data = apply_overrides(data, overrides)
-    return from_dict(cls, data, where=source)
+        resolved = resolve_config_path(path)
+        data = _expand_references(cls, _read_mapping(resolved), resolved.parent, {resolved.resolve()})
+    parsed = [_parse_override(item) if isinstance(item, str) else item for item in overrides]
+    try:
+        data = _apply_overrides(cls, data, parsed)
+        return from_dict(cls, data, where="")
+    except ConfigError as error:
+        raise _attributed(error, parsed, resolved) from None
 
 
 def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
     """Return a copy of ``data`` with each ``a.b.c=value`` set (value parsed as YAML)."""
     data = _deep_copy(data)
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like dotted.key=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        parsed = _parse_override(item)
         node = data
-        parts = key.split(".")
+        parts = parsed.key.split(".")
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {item!r}: {part!r} is not a section", key=parsed.key)
             node = child
-        node[parts[-1]] = value
+        node[parts[-1]] = _yaml_value(parsed.value)
     return data
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Recursively build dataclass ``cls`` from a mapping, checking keys, types and each ``validate``."""
+def from_dict(cls: type[T], data: dict, where: str = "config", base: Any = None) -> T:
+    """Recursively build dataclass ``cls`` from a mapping, checking keys, types and each ``validate``.
+
+    Keys absent from ``data`` take their value from ``base`` (an instance of ``cls``) when given, else the
+    field defaults.
+    """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping for {cls.__name__}, got "
+                          f"{type(data).__name__}", key=where or None)
+    if isinstance(data, _FromFile):
+        base = None
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), fields, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{where}: unknown key {key!r}{hint}; valid keys: {', '.join(fields)}")
+        raise ConfigError(f"{where + ': ' if where else ''}unknown key {key!r}{hint}; valid keys: "
+                          f"{', '.join(fields)}", key=subkey(where, str(key)))
     kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
-    instance = cls(**kwargs)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if dataclasses.is_dataclass(hint) and f.name not in data:
-            # defaults of nested sections are validated too
-            _validate(getattr(instance, f.name), f"{where}.{f.name}")
-    _validate(instance, where)
+    for name, f in fields.items():
+        if name in data:
+            section_base = getattr(base, name) if base is not None else _field_default(f)
+            kwargs[name] = _coerce(data[name], hints[name], subkey(where, name), section_base)
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{subkey(where, name)} is required", key=subkey(where, name), missing=True)
+    token = _VALIDATING_AT.set(where)
+    try:
+        instance = cls(**kwargs)
+    finally:
+        _VALIDATING_AT.reset(token)
+    if not isinstance(instance, ConfigBase):
+        _validate(instance, where)
     return instance
+
+
+def with_changes(config: T, changes: Mapping[str, Any]) -> T:
+    """A copy of ``config`` with the dotted keys of ``changes`` set (``{"data.index": path}``), validated."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in nested.items():
+        direct[head] = with_changes(getattr(config, head), sub)
+    return dataclasses.replace(config, **direct)  # type: ignore[type-var]
 
 
 def to_dict(config: Any) -> dict:
@@ -360,11 +722,174 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+def dump_config(config: Any) -> str:
+    """The resolved config as YAML text; loading it back gives an equal config."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
 def save_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     from slidr.utils.io import atomic_write_text
 
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))
+    atomic_write_text(Path(path), dump_config(config))
+
+
+def parse_shard(text: str, key: str = "shard") -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with 0 <= i < n (shards are numbered from 0)."""
+    try:
+        index_text, count_text = text.split("/")
+        shard_index, shard_count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError(f"{key} must look like i/n (e.g. 0/4), got {text!r}", key=key) from None
+    if shard_count < 1 or not 0 <= shard_index < shard_count:
+        raise ConfigError(f"{key} {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)", key=key)
+    return shard_index, shard_count
+
+
+# --- internals -------------------------------------------------------------------------------------------------
+
+
+def _read_mapping(path: Path) -> _FromFile:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return _FromFile(loaded or {})
+
+
+def _section_class(hint: Any) -> Optional[type]:
+    """The config class of a setting's type (``X`` or ``Optional[X]``), else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _mapping_values(hint: Any) -> Any:
+    """The value type of a ``dict[str, X]`` setting, else None."""
+    if typing.get_origin(hint) is dict:
+        args = typing.get_args(hint)
+        return args[1] if len(args) == 2 else Any
+    return None
+
+
+def _field_hint(cls: Optional[type], part: str) -> Any:
+    if cls is None:
+        return None
+    try:
+        return typing.get_type_hints(cls).get(part)
+    except Exception:  # an unresolvable annotation: no typed help, from_dict reports the key
+        return None
+
+
+def _expand_references(hint: Any, value: Any, base_dir: Optional[Path], seen: set) -> Any:
+    """Replace file names given for config-class settings by the files' mappings (recursively)."""
+    section = _section_class(hint)
+    if section is not None and isinstance(value, str):
+        path = resolve_config_path(value, base_dir)
+        if path.resolve() in seen:
+            raise ConfigError(f"config file {path} refers to itself")
+        return _expand_references(section, _read_mapping(path), path.parent, seen | {path.resolve()})
+    if section is not None and isinstance(value, dict):
+        expanded = type(value)(value)
+        for key, item in value.items():
+            item_hint = _field_hint(section, key)
+            if item_hint is not None:
+                expanded[key] = _expand_references(item_hint, item, base_dir, seen)
+        return expanded
+    values_hint = _mapping_values(hint)
+    if values_hint is not None and isinstance(value, dict):
+        return type(value)({key: _expand_references(values_hint, item, base_dir, seen) for key, item in value.items()})
+    return value
+
+
+def _parse_override(item: str) -> Override:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like dotted.key=value")
+    return Override(key.strip(), RawText(raw), item)
+
+
+def _apply_overrides(cls: type, data: dict, overrides: typing.Sequence[Override]) -> dict:
+    data = _deep_copy(data)
+    for override in overrides:
+        _set(data, cls, override.key.split("."), override, 0)
+    return data
+
+
+def _set(node: dict, owner: Any, parts: list[str], override: Override, depth: int) -> None:
+    """Set ``override`` at ``parts[depth:]`` below ``node``, whose type is ``owner`` (a config class or a mapping
+    type)."""
+    part = parts[depth]
+    values_hint = _mapping_values(owner)
+    if part == "*":
+        if values_hint is None or not node:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise ConfigError(f"{override.source}: '*' needs a mapping with entries at {where}", key=override.key)
+        for key in node:
+            _set(node, owner, parts[:depth] + [key] + parts[depth + 1:], override, depth)
+        return
+    hint = values_hint if values_hint is not None else _field_hint(_section_class(owner) or owner, part)
+    if depth == len(parts) - 1:
+        value = override.value
+        if (_section_class(hint) is not None or _mapping_values(hint) is not None) and isinstance(value, str):
+            # a section given whole on the command line: inline YAML ({epochs: 3}) or the name of a config file
+            value = _yaml_value(value) if isinstance(value, RawText) else value
+            value = _expand_references(hint, value, None, set())
+        node[part] = value
+        return
+    child = node.get(part)
+    if child is None:
+        child = node[part] = _seed(owner, part, hint)
+    if not isinstance(child, dict):
+        raise ConfigError(f"override {override.source!r}: {part!r} is not a section", key=override.key)
+    _set(child, hint, parts, override, depth + 1)
+
+
+def _seed(owner: Any, part: str, hint: Any) -> dict:
+    """Starting content of a section an override goes into: for a mapping of configs, the default entries."""
+    owner_cls = _section_class(owner)
+    if _mapping_values(hint) is None or owner_cls is None:
+        return {}
+    f = next((f for f in dataclasses.fields(owner_cls) if f.name == part), None)
+    default = _field_default(f) if f is not None else None
+    if not isinstance(default, dict):
+        return {}
+    return {key: _FromFile(to_dict(value)) if dataclasses.is_dataclass(value) else _deep_copy(value)
+            for key, value in default.items()}
+
+
+def _attributed(error: ConfigError, overrides: typing.Sequence[Override], path: Optional[Path]) -> ConfigError:
+    """``error`` prefixed with where the offending value came from: an override, else the file."""
+    source = None
+    if error.key is not None:
+        for override in reversed(overrides):
+            if _key_matches(override.key, error.key):
+                source = override.source
+                break
+    if source is None and path is not None and not error.missing:
+        source = str(path)
+    message = f"{source}: {error}" if source and not str(error).startswith(source) else str(error)
+    return ConfigError(message, key=error.key, missing=error.missing)
+
+
+def _key_matches(pattern: str, key: str) -> bool:
+    """Whether ``key`` (an error's key) lies at or below override key ``pattern`` (``*`` matches one part)."""
+    wanted = pattern.split(".")
+    parts = key.replace("[", ".[").split(".")
+    if len(parts) < len(wanted):
+        return False
+    return all(w == "*" or w == p for w, p in zip(wanted, parts))
+
+
+def _field_default(f: Any) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _validate(instance: Any, where: str) -> None:
@@ -373,10 +898,36 @@ def _validate(instance: Any, where: str) -> None:
         validate(where)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return str(text)
+
+
+def _read_text(value: RawText, hint: Any) -> Any:
+    """A command-line text read for a setting of type ``hint``: strings stay as typed, the rest is YAML."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if type(None) in args and value in _NULL_TEXTS:
+        return None
+    for arg in args:
+        if arg is str or (typing.get_origin(arg) is Literal and value in typing.get_args(arg)):
+            return str(value)
+    return _yaml_value(value)
+
+
+def _coerce(value: Any, hint: Any, where: str, base: Any = None) -> Any:
+    if isinstance(value, RawText):
+        value = _read_text(value, hint)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
+        return value
+    if origin is Annotated:  # a base type plus checks, e.g. RegistryName: the value names a registered entry
+        value = _coerce(value, args[0], where)
+        for check in hint.__metadata__:
+            if hasattr(check, "check"):
+                value = check.check(value, where)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -386,57 +937,79 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, base)
             except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+                errors.append(error)
+        raise errors[0] if errors else ConfigError(f"{where}: invalid value {value!r}", key=where)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}", key=where)
         return value
     if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+        if isinstance(value, str):
+            value = _expand_references(hint, value, None, set())
+        return from_dict(hint, value, where, base if isinstance(base, hint) else None)  # type: ignore[arg-type]
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}", key=where)
         item_hint = args[0] if args else Any
         return [_coerce(item, item_hint, f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}", key=where)
+        values_hint = args[1] if len(args) == 2 else Any
+        return {key: _coerce(item, values_hint, subkey(where, str(key))) for key, item in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {value!r}", key=where)
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {value!r}", key=where)
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {value!r}", key=where)
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {value!r}", key=where)
         return str(value)
     return value
 
 
-def _positive(value: float, where: str) -> None:
+def subkey(where: str, name: str) -> str:
+    """The dotted key of setting ``name`` of the section at ``where`` ("" at the top)."""
+    return f"{where}.{name}" if where else name
+
+
+def positive(value: float, key: str, note: str = "") -> None:
+    """Refuse ``value`` unless > 0 (for ``validate`` methods; ``key`` names the setting)."""
     if not value > 0:
-        raise ConfigError(f"{where} must be > 0, got {value}")
+        raise ConfigError(f"{key} must be > 0{' ' + note if note else ''}, got {value}", key=key)
 
 
-def _in_unit_interval(value: float, where: str) -> None:
+def at_least(value: float, low: float, key: str) -> None:
+    """Refuse ``value`` unless >= ``low`` (for ``validate`` methods; ``key`` names the setting)."""
+    if not value >= low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}", key=key)
+
+
+
+
+def _in_unit_interval(value: float, key: str) -> None:
     if not 0 <= value <= 1:
-        raise ConfigError(f"{where} must be in [0, 1], got {value}")
+        raise ConfigError(f"{key} must be in [0, 1], got {value}", key=key)
 
 
 def _deep_copy(data: Any) -> Any:
     if isinstance(data, dict):
-        return {key: _deep_copy(value) for key, value in data.items()}
+        return type(data)({key: _deep_copy(value) for key, value in data.items()})
     if isinstance(data, list):
         return [_deep_copy(value) for value in data]
     return data

@@ -1,8 +1,10 @@
 """Benchmarks: ``slidr bench <name> [--json FILE]``. Each module here is one benchmark and defines:
 
 - ``NAME`` and ``HELP``;
-- ``add_arguments(parser)``: its own options (sizes, repetitions);
-- ``run(args) -> BenchResult``: measures; ``rows`` is printed as a table, ``data`` is written as JSON.
+- ``SETTINGS``: a :class:`slidr.cli.settings.CommandSettings` over its frozen settings class (sizes,
+  repetitions; declared in the module), whose ``add_arguments(parser)`` the module's ``add_arguments`` calls;
+- ``run(args) -> BenchResult``: measures with ``args.settings``; ``rows`` is printed as a table, ``data`` is
+  written as JSON.
 
 Ratios are measured side by side in one run: this machine is shared and noisy.
 """

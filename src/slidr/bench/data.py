@@ -28,12 +28,16 @@ import copy
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from slidr.bench import BenchResult
 from slidr.bench.superpixels import NUSCENES_CAMERA_IMAGES
+from slidr.cli.settings import CommandSettings, Flag
+from slidr.config import ConfigBase, at_least, setting, subkey
 from slidr.errors import SlidrError
 
 NAME = "data"
@@ -41,14 +45,29 @@ HELP = "time the stages of loading a pretraining sample (real nuScenes keyframe)
 STAGES = ("read", "project", "augment", "decode", "normalize", "superpixels", "voxelize")
 
 
+@dataclass(frozen=True)
+class DataBenchConfig(ConfigBase):
+    """``slidr bench data``: which keyframe is loaded, how often, on how many threads."""
+
+    dataroot: Optional[str] = setting(
+        None, help="nuScenes dataroot to index (default: the real keyframe <realdata>/nuscenes-keyframe)")
+    index: Optional[str] = setting(None, help="use this index and its SLIC superpixels instead of preparing --dataroot")
+    repeats: int = setting(10, help="loads per path")
+    threads: int = setting(1, help="torch threads (default 1: one core)")
+    reference: bool = setting(True, help="also time the authors' loading path")
+
+    def validate(self, where: str) -> None:
+        at_least(self.repeats, 1, subkey(where, "repeats"))
+        at_least(self.threads, 1, subkey(where, "threads"))
+
+
+SETTINGS = CommandSettings(DataBenchConfig, flags=[
+    Flag("dataroot"), Flag("index"), Flag("repeats"), Flag("threads"),
+    Flag("reference", option="--no-reference", negate=True, help="skip the authors' path")])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataroot", default=None,
-                        help="nuScenes dataroot to index (default: the real keyframe <realdata>/nuscenes-keyframe)")
-    parser.add_argument("--index", default=None,
-                        help="use this index and its SLIC superpixels instead of preparing --dataroot")
-    parser.add_argument("--repeats", type=int, default=10, help="loads per path (default 10)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one core)")
-    parser.add_argument("--no-reference", action="store_true", help="skip the authors' path")
+    SETTINGS.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> BenchResult:
@@ -56,27 +75,25 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     from slidr.config import DataConfig
 
-    torch.set_num_threads(args.threads)
+    cfg: DataBenchConfig = args.settings
+    torch.set_num_threads(cfg.threads)
     with tempfile.TemporaryDirectory(prefix="slidr-bench-data-") as tmp:
-        index_path = Path(args.index) if args.index else _prepare_keyframe(args.dataroot, Path(tmp))
-        cfg = DataConfig(index=str(index_path))
-        return _measure(index_path, cfg, args.repeats, not args.no_reference, Path(tmp))
+        index_path = Path(cfg.index) if cfg.index else _prepare_keyframe(cfg.dataroot, Path(tmp))
+        data_cfg = DataConfig(index=str(index_path))
+        return _measure(index_path, data_cfg, cfg.repeats, cfg.reference, Path(tmp))
 
 
 def _prepare_keyframe(dataroot: str | None, tmp: Path) -> Path:
     from slidr.bench.superpixels import default_realdata
-    from slidr.data.index import load_index, prepare_nuscenes
-    from slidr.data.superpixels import (
-        compute_index_superpixels,
-        image_jobs,
-        superpixel_dir,
-    )
+    from slidr.data.index import load_index
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
+    from slidr.data.superpixels import compute_index_superpixels, image_jobs, superpixel_dir
 
     root = Path(dataroot) if dataroot else default_realdata() / "nuscenes-keyframe"
     if not (root / "v1.0-mini").is_dir():
         raise SlidrError(f"nuScenes keyframe not found at {root} (expected {root}/v1.0-mini); pass --dataroot "
                          f"or --index")
-    index_path = tmp / "index.json"
+    index_path = tmp / "index.npz"
     prepare_nuscenes(root, "v1.0-mini", index_path)
     index = load_index(index_path)
     compute_index_superpixels(image_jobs(index.samples, index.root), superpixel_dir(index_path), "slic",
@@ -288,7 +305,7 @@ def authors_load_sample(index, sample: dict, cfg, rng: np.random.Generator, supe
 
     from slidr.data.augment import IMAGENET_MEAN, IMAGENET_STD, augment_pairs
     from slidr.data.datasets import StageTimer
-    from slidr.data.index import load_scan
+    from slidr.data.scans import load_scan
     from slidr.data.voxelize import point_features, voxelize
 
     stage = StageTimer(timings)

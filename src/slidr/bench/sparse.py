@@ -18,13 +18,15 @@ import copy
 import ctypes
 import statistics
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from slidr.bench import BenchResult, peak_memory_mb
-from slidr.config import BackboneConfig
+from slidr.cli.settings import CommandSettings, Flag
+from slidr.config import BackboneConfig, ConfigBase, ConfigError, at_least, setting, subkey
 from slidr.data.voxelize import voxelize
 from slidr.models.sparse import SparseTensor
 from slidr.models.sparse.spconv_backend import spconv_available, use_backend
@@ -38,16 +40,40 @@ SENSOR_HEIGHT = 1.8
 MAX_RANGE = 70.0
 
 
+@dataclass(frozen=True)
+class SparseBenchConfig(ConfigBase):
+    """``slidr bench sparse``: network, scan size, batch sizes, threads, repetitions."""
+
+    network: str = setting("minkunet34", help="backbone")
+    voxels: int = setting(30_000, help="voxels per scan")
+    batch_sizes: list[int] = setting(factory=lambda: [1, 4], help="scans per batch")
+    threads: list[int] = setting(factory=lambda: [1, 2], help="torch threads")
+    repeats: int = setting(3, help="timed steps per setting and backend")
+    points: Optional[str] = setting(None, help="a lidar .bin file instead of synthetic scans")
+    dims: int = setting(5, help="float32 values per point in --points")
+    no_spconv: bool = setting(False, help="time the plain-PyTorch engine only")
+    seed: int = setting(0, help="seed of the scans and weights")
+
+    def validate(self, where: str) -> None:
+        if self.network not in PRESETS:
+            key = subkey(where, "network")
+            raise ConfigError(f"{key}: {self.network!r} is not one of {', '.join(PRESETS)}", key=key)
+        for name in ("voxels", "repeats", "dims"):
+            at_least(getattr(self, name), 1, subkey(where, name))
+        for name in ("batch_sizes", "threads"):
+            if not getattr(self, name):
+                raise ConfigError(f"{subkey(where, name)} must not be empty", key=subkey(where, name))
+            at_least(min(getattr(self, name)), 1, subkey(where, name))
+        at_least(self.seed, 0, subkey(where, "seed"))
+
+
+SETTINGS = CommandSettings(SparseBenchConfig, flags=[
+    Flag("network", choices=list(PRESETS)), Flag("voxels"), Flag("batch_sizes"), Flag("threads"), Flag("repeats"),
+    Flag("points"), Flag("dims"), Flag("no_spconv"), Flag("seed")])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--network", default="minkunet34", choices=list(PRESETS), help="backbone (default minkunet34)")
-    parser.add_argument("--voxels", type=int, default=30_000, help="voxels per scan (default 30000)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4], help="scans per batch (default 1 4)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (default 1 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps per setting and backend (default 3)")
-    parser.add_argument("--points", type=Path, default=None, help="a lidar .bin file instead of synthetic scans")
-    parser.add_argument("--dims", type=int, default=5, help="float32 values per point in --points (default 5)")
-    parser.add_argument("--no-spconv", action="store_true", help="time the plain-PyTorch engine only")
-    parser.add_argument("--seed", type=int, default=0)
+    SETTINGS.add_arguments(parser)
 
 
 def ring_scan(seed: int, beams: int = 64, steps: int = 900) -> np.ndarray:
@@ -164,6 +190,7 @@ def _map_and_forward_times(model: torch.nn.Module, coords: torch.Tensor, feats: 
 
 
 def run(args: argparse.Namespace) -> BenchResult:
+    args = args.settings  # the validated SparseBenchConfig: its fields are the options' names
     threads_before = torch.get_num_threads()
     torch.manual_seed(args.seed)
     with_spconv = spconv_available() and not args.no_spconv

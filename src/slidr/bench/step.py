@@ -10,38 +10,44 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from slidr.bench import BenchResult
+from slidr.cli.settings import CommandSettings, count
+from slidr.config import PretrainConfig
 
 NAME = "step"
 HELP = "time per SLidR/PPKT training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "pretrain" / "demo_cpu.yaml"
 STAGES = ("data_ms", "image_ms", "points_ms", "loss_ms", "backward_ms", "optimizer_ms")
+SETTINGS = CommandSettings(PretrainConfig, default_config="pretrain/demo_cpu.yaml",
+                           config_help="pretraining config (set data.index=...)",
+                           overrides_help="config overrides by dotted path")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", default=str(DEFAULT_CONFIG),
-                        help="pretraining config (default: configs/pretrain/demo_cpu.yaml; set data.index=...)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step (default 3)")
+    SETTINGS.add_arguments(parser)
+    parser.add_argument("--steps", type=count(1), default=3, help="timed steps after one warm-up step (default 3)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides by dotted path")
 
 
 def run(args: argparse.Namespace) -> BenchResult:
     import torch
 
-    from slidr.config import PretrainConfig, load_config
-    from slidr.methods.pretrain import ImageToLidarModule, SeededDataset, build_optimizer, derive_seed
+    from slidr.engine.data import SeededDataset, derive_seed
+    from slidr.engine.optim import build_optimizer
+    from slidr.errors import SlidrError
+    from slidr.methods.image_to_lidar import ImageToLidarModule
+    from slidr.methods.pretrain import build_module
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg: PretrainConfig = args.settings
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     torch.manual_seed(cfg.trainer.seed)
-    module = ImageToLidarModule(cfg).to(device).train()
+    module = build_module(cfg).to(device).train()
+    if not isinstance(module, ImageToLidarModule):
+        raise SlidrError(f"method {cfg.method!r}: bench step times image-to-lidar methods (slidr, ppkt)")
     dataset, collate = module.train_dataset()
     seeded = SeededDataset(dataset)
     optimizer = build_optimizer(module.trainable_parameters(), cfg.optim)

@@ -5,8 +5,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slidr.cli.settings import CommandSettings
+from slidr.config import DownstreamConfig
+
 NAME = "evaluate"
 HELP = "evaluate a probe/finetune run: per-class IoU table (markdown + JSON) and bar chart"
+
+
+def run_config(args: argparse.Namespace) -> Path:
+    """The ``config.yaml`` of the run folder: the settings being evaluated."""
+    from slidr.errors import SlidrError
+
+    config_path = Path(args.run) / "config.yaml"
+    if not config_path.is_file():
+        raise SlidrError(f"{args.run} is not a probe/finetune run folder (no config.yaml)")
+    return config_path
+
+
+SETTINGS = CommandSettings(DownstreamConfig, config_path=run_config,
+                           overrides_help="config overrides, e.g. data.index=other/index.npz trainer.batch_size=4")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,22 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split to evaluate (default: the run's data.val_split)")
     parser.add_argument("--out", metavar="DIR", help="where to write the results (default: RUN/eval-SPLIT)")
     parser.add_argument("--name", help="row name in the table (default: the run folder's name)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. data.index=other/index.json trainer.batch_size=4")
+    SETTINGS.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from slidr.analysis.report import per_class_table, write_report
-    from slidr.config import DownstreamConfig, load_config
-    from slidr.errors import SlidrError
     from slidr.methods.downstream import MODEL_NAME, evaluate_saved_model
     from slidr.utils.io import write_json
 
     run_dir = Path(args.run)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise SlidrError(f"{run_dir} is not a probe/finetune run folder (no config.yaml)")
-    cfg = load_config(DownstreamConfig, config_path, args.overrides)
+    cfg: DownstreamConfig = args.settings
     split = args.split or cfg.data.val_split
     evaluation = evaluate_saved_model(args.model or run_dir / MODEL_NAME, cfg, split)
     out = Path(args.out) if args.out else run_dir / f"eval-{split}"

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from slidr.cli.settings import CommandSettings, Flag
+from slidr.config import InspectConfig
+
 NAME = "inspect"
 HELP = "print points, voxels, pairs per camera, superpixels per image and the label histogram of one sample"
+SETTINGS = CommandSettings(InspectConfig, flags=[
+    Flag("index"),
+    Flag("sample", metavar="K"),
+    Flag("superpixels", metavar="KEY"),
+    Flag("superpixel_root"),
+])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", required=True, help="index file written by `slidr prepare`")
-    parser.add_argument("--sample", required=True, metavar="K", help="sample position (0-based) or token")
-    parser.add_argument("--superpixels", default=None, metavar="KEY",
-                        help="superpixel variant folder, e.g. slic_n150_c6_s3 (default: SLIC 150 if computed, "
-                             "else the first computed variant)")
-    parser.add_argument("--superpixel-root", default=None, help="folder of the superpixel variants "
-                        "(default: <index folder>/superpixels)")
+    SETTINGS.add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
 
 
@@ -23,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from slidr.data.index import load_index
     from slidr.utils.io import write_json
 
-    index = load_index(args.index)
-    report = inspect_sample(index, args.sample, args.superpixels, args.superpixel_root)
+    cfg: InspectConfig = args.settings
+    index = load_index(cfg.index)
+    report = inspect_sample(index, cfg.sample, cfg.superpixels, cfg.superpixel_root)
     _print_report(report)
     if args.json:
         write_json(args.json, report)
@@ -54,8 +58,8 @@ def inspect_sample(index, key: str, superpixel_key: str | None = None, superpixe
 
     from slidr.config import VoxelConfig
     from slidr.data.classes import class_names
-    from slidr.data.index import load_scan
     from slidr.data.projection import project_to_cameras
+    from slidr.data.scans import load_scan
     from slidr.data.voxelize import voxelize
 
     position = find_sample(index, key)

@@ -15,12 +15,14 @@ from slidr.utils.log import logger, setup_logging
 
 
 def command_modules() -> list[ModuleType]:
-    """The subcommand modules, sorted by name."""
+    """The subcommand modules (those defining ``NAME`` and ``run``), sorted by name."""
     modules = []
     for info in pkgutil.iter_modules(slidr.cli.__path__):
         if info.name.startswith("_") or info.name == "main":
             continue
-        modules.append(importlib.import_module(f"slidr.cli.{info.name}"))
+        module = importlib.import_module(f"slidr.cli.{info.name}")
+        if hasattr(module, "NAME") and hasattr(module, "run"):
+            modules.append(module)
     return sorted(modules, key=lambda module: module.NAME)
 
 
@@ -40,13 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slidr.cli.settings import prepare_settings
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: KEY=VALUE overrides after an option are left over by argparse, and placed here
+    args, extras = parser.parse_known_args(argv)
     if args.command is None:
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         parser.print_help()
         return 2
     setup_logging(args.verbose)
     try:
+        if prepare_settings(args, extras, parser):
+            return 0
         return int(args._run(args) or 0)
     except SlidrError as error:
         logger.error("%s: error: %s", args.command, error)

@@ -37,9 +37,10 @@ from slidr.data.augment import (
     source_indices,
     transform_image,
 )
-from slidr.data.index import DatasetIndex, load_index, load_scan
+from slidr.data.index import DatasetIndex, check_index_dataset, load_index
 from slidr.data.io import open_image
 from slidr.data.projection import project_to_cameras
+from slidr.data.scans import load_scan
 from slidr.data.superpixels import (
     find_superpixel_file,
     open_labels,
@@ -58,6 +59,7 @@ class _ScanDataset(torch.utils.data.Dataset):
     def __init__(self, index: DatasetIndex | str | Path, split: Optional[str], data_cfg: DataConfig,
                  train: bool, label_fraction: float = 1.0):
         self.index = index if isinstance(index, DatasetIndex) else load_index(index)
+        check_index_dataset(self.index, data_cfg.dataset)
         self.cfg = data_cfg
         self.train = train
         self.positions = self.index.sample_indices(split, label_fraction)
@@ -73,7 +75,7 @@ class _ScanDataset(torch.utils.data.Dataset):
 
     def _rng(self, item: int) -> np.random.Generator:
         # A pure function of (torch seed, item), so that a resumed run replays the same draws. The trainers set
-        # torch's seed per sample from (run seed, epoch, position) (slidr.methods.pretrain.SeededDataset).
+        # torch's seed per sample from (run seed, epoch, position) (slidr.engine.data.SeededDataset).
         return np.random.default_rng([torch.initial_seed(), item])
 
 

@@ -19,6 +19,9 @@ from slidr.errors import DataError
 
 NUSCENES_POINT_DIMS = 5
 SEMANTICKITTI_POINT_DIMS = 4
+# `slidr synth` writes it at the root of a generated world; `slidr prepare` recognises the world by it (here, not in
+# slidr.data.synth, so that preparing real data never imports the generator and numba).
+SYNTH_SUMMARY_FILE = "synth_summary.json"
 
 
 class PointsRead(NamedTuple):

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 
 from slidr.config import AugmentConfig, PretrainConfig
 from slidr.data.augment import draw_cuboid_drop, rotate_flip_points
-from slidr.data.index import DatasetIndex, load_index, load_scan
+from slidr.data.index import DatasetIndex, load_index
+from slidr.data.scans import load_scan
 from slidr.data.voxelize import point_features, voxelize
 from slidr.errors import DataError
 from slidr.utils.io import write_json

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from slidr.config import parse_shard  # noqa: F401  (re-exported: the superpixel helpers in one place)
 from slidr.data.io import read_image
 from slidr.errors import DataError, SlidrError
 from slidr.utils.io import atomic_path, write_json
@@ -638,18 +639,6 @@ def image_jobs(samples: Iterable[dict], data_root: str | Path, channels: Optiona
             if key not in seen:
                 seen[key] = SuperpixelJob(channel, camera["image"], Path(data_root) / camera["image"])
     return [seen[key] for key in sorted(seen)]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> ``(i, n)`` with 0 <= i < n (shards are numbered from 0)."""
-    try:
-        index_text, count_text = text.split("/")
-        shard_index, shard_count = int(index_text), int(count_text)
-    except ValueError:
-        raise SlidrError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise SlidrError(f"--shard {text}: need n >= 1 and 0 <= i < n (shards are numbered from 0)")
-    return shard_index, shard_count
 
 
 def shard_jobs(jobs: Sequence[SuperpixelJob], shard: tuple[int, int]) -> list[SuperpixelJob]:

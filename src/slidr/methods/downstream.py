@@ -21,32 +21,48 @@ The classifier has C outputs for the C evaluation classes (no "ignore" output): 
 target ``l - 1`` and ignored voxels (label 0) are left out of both losses. Evaluation counts every original point
 (voxel predictions mapped back through the inverse map), see :mod:`slidr.methods.metrics`.
 
-Training runs on Lightning (CPU, one or several GPUs), with the atomic epoch checkpoints and the resume logic of
-pretraining (:mod:`slidr.methods.checkpoint`). The run folder ends with ``model.pt`` (the trained network, loadable
-with :func:`slidr.methods.checkpoint.load_backbone`), ``evaluation.json`` and ``summary.json``.
+Training and evaluation run on Lightning (CPU, one or several GPUs), with the engine's atomic epoch checkpoints
+and resume logic (:mod:`slidr.engine`). Evaluation is the module's ``test_step`` (and ``validation_step``, every
+``val_every_n_epochs`` epochs during training when set): each process evaluates its shard of the split
+(:class:`slidr.engine.data.ShardSampler`) into a :class:`~slidr.methods.metrics.SegmentationConfusion` that is
+summed over processes, so several processes give exactly the one-process confusion matrix. The run folder ends
+with ``model.pt`` (the trained network, loadable with :func:`slidr.engine.checkpoint.load_backbone`),
+``evaluation.json`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
 import numpy as np
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from slidr.config import DownstreamConfig, to_dict
 from slidr.data.classes import class_names
+from slidr.engine.checkpoint import export_pretrained, load_backbone, save_atomic
+from slidr.engine.data import evaluation_loader, ordered_loader, replayable_loader
+from slidr.engine.optim import configure_optimization
+from slidr.engine.trainer import evaluation_trainer, lightning_trainer, start_run
 from slidr.errors import SlidrError
-from slidr.methods.checkpoint import export_pretrained, load_backbone, start_run_folder
 from slidr.methods.lovasz import lovasz_softmax
-from slidr.methods.pretrain import CosineSchedule, lightning_trainer, replayable_loader
-from slidr.methods.metrics import confusion_matrix, point_predictions, summarize
+from slidr.methods.metrics import (
+    SegmentationConfusion,
+    accuracy,
+    frequency_weighted_iou,
+    mean_iou,
+    point_predictions,
+    summarize,
+)
+from slidr.models import sparse_input
 from slidr.utils.io import write_json
 from slidr.utils.log import logger
 from slidr.utils.progress import progress
@@ -155,7 +171,7 @@ def _reset_parameters(module: nn.Module) -> None:
 
 
 class DownstreamModule(L.LightningModule):
-    """Trains a segmentation network on voxel batches or on cached features (frozen backbone).
+    """Trains a segmentation network on voxel batches or on cached features (frozen backbone), and evaluates it.
 
     Parameters
     ----------
@@ -165,14 +181,23 @@ class DownstreamModule(L.LightningModule):
     num_classes : int
     random_init : bool
         True when no pretrained weights were loaded: one learning rate (``cfg.lr_random_init``) for all.
-    train_set : Dataset
-        Training samples (downstream samples, or :class:`CachedFeatures`).
-    collate : callable
+    train_set : Dataset, optional
+        Training samples (downstream samples, or :class:`CachedFeatures`); needed to fit.
+    collate : callable, optional
         Batches ``train_set`` samples.
+    eval_set, eval_collate : optional
+        Downstream samples (and their collate) of the split that ``validation_step`` and ``test_step`` evaluate;
+        needed to validate or test.
+
+    Attributes
+    ----------
+    confusion_path : Path or None
+        Where ``on_test_epoch_end`` saves the test confusion matrix (see :func:`evaluate_confusion`).
     """
 
     def __init__(self, model: nn.Module, cfg: DownstreamConfig, num_classes: int, random_init: bool,
-                 train_set: Dataset, collate: Callable[[list], dict]) -> None:
+                 train_set: Optional[Dataset] = None, collate: Optional[Callable[[list], dict]] = None,
+                 eval_set: Optional[Dataset] = None, eval_collate: Optional[Callable[[list], dict]] = None) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
@@ -180,12 +205,18 @@ class DownstreamModule(L.LightningModule):
         self.random_init = random_init
         self.train_set = train_set
         self.collate = collate
+        self.eval_set = eval_set
+        self.eval_collate = eval_collate
         self.frozen = cfg.mode == "probe"
         if self.frozen:
             for name, parameter in self.model.named_parameters():
                 parameter.requires_grad_(name.startswith("final."))
         self.epoch_losses: list[float] = []
         self._running: list[float] = []
+        # evaluation state: not in the state dict, synchronised across processes when computed
+        self.val_confusion = SegmentationConfusion(num_classes)
+        self.test_confusion = SegmentationConfusion(num_classes)
+        self.confusion_path: Optional[Path] = None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.frozen:
@@ -195,6 +226,8 @@ class DownstreamModule(L.LightningModule):
 
     def train_dataloader(self) -> DataLoader:
         # the data order and augmentations are functions of (seed, epoch): resumed runs replay them exactly
+        if self.train_set is None or self.collate is None:
+            raise SlidrError("this downstream module has no training set")
         workers = self.cfg.data.num_workers if not isinstance(self.train_set, CachedFeatures) else 0
         return replayable_loader(self.train_set, self.collate, self.cfg.trainer, self.trainer, workers)
 
@@ -216,7 +249,7 @@ class DownstreamModule(L.LightningModule):
             self.epoch_losses.append(float(np.mean(self._running)))
         self._running = []
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict[str, Any]:
         optim = self.cfg.optim
         head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("final.")]
         body = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("final.")]
@@ -226,22 +259,7 @@ class DownstreamModule(L.LightningModule):
             groups = [{"params": head, "lr": optim.lr_head if optim.lr_head is not None else optim.lr}]
             if body:
                 groups.append({"params": body, "lr": optim.lr})
-        if optim.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, dampening=optim.dampening,
-                                        weight_decay=optim.weight_decay)
-        else:
-            factory = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
-            optimizer = factory(groups, lr=optim.lr, weight_decay=optim.weight_decay)
-        # the authors' epoch-wise cosine (per step when the run is bounded by max_steps)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        constant = optim.scheduler == "constant"
-        if self.trainer.max_steps is not None and self.trainer.max_steps > 0:
-            schedule = CosineSchedule(total_steps, 0, optim.min_lr / optim.lr, constant)
-        else:
-            epochs = self.trainer.max_epochs
-            schedule = CosineSchedule(epochs, max(1, total_steps // epochs), optim.min_lr / optim.lr, constant)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_optimization(groups, optim, self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["slidr_epoch_losses"] = list(self.epoch_losses)
@@ -249,12 +267,66 @@ class DownstreamModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.epoch_losses = list(checkpoint.get("slidr_epoch_losses", []))
 
+    # ---- evaluation ----------------------------------------------------------------------------------------
+    def _evaluation_loader(self) -> DataLoader:
+        if self.eval_set is None or self.eval_collate is None:
+            raise SlidrError("this downstream module has no evaluation set")
+        return evaluation_loader(self.eval_set, self.eval_collate, self.cfg.trainer.batch_size, self.trainer,
+                                 self.cfg.data.num_workers)
 
-def sparse_input(batch: dict):
-    """The batch's voxels as a :class:`slidr.models.sparse.SparseTensor`."""
-    from slidr.models.sparse import SparseTensor
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
 
-    return SparseTensor(batch["voxel_coords"], batch["voxel_feats"])
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
+
+    def _evaluate_batch(self, batch: dict, metric: SegmentationConfusion) -> None:
+        # every original point counts: voxel predictions go back to the points through the inverse map
+        logits = self.model(sparse_input(batch))
+        metric.update(point_predictions(logits, batch["inverse_map"]), batch["labels"])
+
+    def on_validation_epoch_start(self) -> None:
+        # fresh state tensors in this process: under ddp_spawn on CPU the module's tensors arrive in shared memory,
+        # and metric states (not buffers, so not un-shared by Lightning) would be one sum shared by all processes
+        self.val_confusion.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()  # see on_validation_epoch_start
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate_batch(batch, self.val_confusion)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate_batch(batch, self.test_confusion)
+
+    def on_validation_epoch_end(self) -> None:
+        confusion = self.val_confusion.compute()  # the same on every process
+        self.val_confusion.reset()
+        for name, score in (("val_miou", mean_iou), ("val_fwiou", frequency_weighted_iou), ("val_accuracy", accuracy)):
+            value = score(confusion)
+            if not np.isnan(value):  # not available (nothing labelled): not logged, as summarize reports None
+                self.log(name, 100.0 * value, prog_bar=name == "val_miou", sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        confusion = self.test_confusion.compute().cpu()  # the same on every process
+        self.test_confusion.reset()
+        if self.confusion_path is not None:
+            save_atomic(confusion, self.confusion_path)
+
+
+def evaluate_confusion(trainer: L.Trainer, module: DownstreamModule) -> torch.Tensor:
+    """Run ``trainer.test`` on ``module.eval_set``; returns the (C, C) int64 confusion matrix of all processes.
+
+    The matrix travels through a file that every process writes (the same content, atomically): a module's
+    attributes set in ``ddp_spawn`` workers do not come back to the launching process.
+    """
+    with tempfile.TemporaryDirectory(prefix="slidr-test-") as folder:
+        module.confusion_path = Path(folder) / "confusion.pt"
+        try:
+            trainer.test(module, verbose=False)
+            return torch.load(module.confusion_path, map_location="cpu", weights_only=True)
+        finally:
+            module.confusion_path = None
 
 
 def segmentation_loss(logits: torch.Tensor, voxel_labels: torch.Tensor, lovasz: bool) -> torch.Tensor:
@@ -300,7 +372,7 @@ class CachedFeatures(Dataset):
         model.eval()
         with torch.no_grad():
             for batch in progress(loader, total=_length(loader), desc=desc, unit="batch"):
-                batch = _to_device(batch, device)
+                batch = move_data_to_device(batch, device)
                 features = model.forward_features(sparse_input(batch)).float().cpu()
                 voxel_batch = batch["voxel_coords"][:, 0].cpu()
                 labels = batch["voxel_labels"].cpu()
@@ -323,29 +395,6 @@ def collate_features(samples: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------------------
-
-
-def evaluate_model(model: nn.Module, loader: Iterable[dict], num_classes: int, device: torch.device,
-                   desc: str = "evaluate") -> torch.Tensor:
-    """Confusion matrix (C, C) over every original point of the batches of ``loader``.
-
-    Voxel predictions are mapped back to the points through the batch's ``inverse_map``; points labelled 0 are
-    not counted.
-    """
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    with torch.no_grad():
-        for batch in progress(loader, total=_length(loader), desc=desc, unit="batch"):
-            batch = _to_device(batch, device)
-            logits = model(sparse_input(batch))
-            predictions = point_predictions(logits, batch["inverse_map"])
-            confusion += confusion_matrix(predictions, batch["labels"], num_classes)
-    return confusion.cpu()
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Runs
 # --------------------------------------------------------------------------------------------------------------
 
@@ -361,11 +410,6 @@ def make_dataset(cfg: DownstreamConfig, split: str, train: bool) -> tuple[Datase
     from slidr.data.datasets import DownstreamDataset, collate_downstream
 
     return DownstreamDataset(cfg.data.index, split, cfg.data, train=train), collate_downstream
-
-
-def ordered_loader(dataset: Dataset, collate: Callable[[list], dict], batch_size: int, workers: int = 0) -> DataLoader:
-    """Batches of ``dataset`` in order (evaluation, feature caching)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
 
 
 def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
@@ -395,10 +439,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     """
     start = time.perf_counter()
     out = Path(out)
-    resume_from = start_run_folder(out, cfg, resume)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    resume_from = start_run(out, cfg, resume)
 
     names = class_names(cfg.data.dataset)
     num_classes = len(names)
@@ -407,7 +448,9 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     logger.info("%s on %s: %s, %d classes, backbone %s", cfg.mode, cfg.data.dataset,
                 f"pretrained {cfg.pretrained} ({info.get('method')})" if cfg.pretrained else "random init",
                 num_classes, cfg.backbone.name)
-    device = _device(cfg)
+    trainer = lightning_trainer(cfg.trainer, out, CSVLogger(out, name="logs", version=""), [], enable_progress_bar,
+                                val_every_n_epochs=cfg.val_every_n_epochs)
+    device = trainer.strategy.root_device  # where this process trains (the feature cache is computed there)
     batch_size = cfg.trainer.batch_size
 
     val_set, val_collate = dataset_factory(cfg, cfg.data.val_split, False)
@@ -424,20 +467,18 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     if standardize:
         model.final = StandardizedLinear(model.final, *_probe_feature_statistics(model, train_set, collate, device,
                                                                                  batch_size))
-    module = DownstreamModule(model, cfg, num_classes, random_init, train_set, collate)
-    trainer = lightning_trainer(cfg.trainer, out, CSVLogger(out, name="logs", version=""), [], enable_progress_bar)
+    module = DownstreamModule(model, cfg, num_classes, random_init, train_set, collate, val_set, val_collate)
     train_start = time.perf_counter()
     trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
     train_s = time.perf_counter() - train_start
-    if not trainer.is_global_zero:
-        return {}
 
     if standardize:
         model.final = model.final.folded()
-    export_pretrained(out / MODEL_NAME, model, None, cfg, method=cfg.mode)
-    model = model.to(device)
-    confusion = evaluate_model(model, ordered_loader(val_set, val_collate, batch_size), num_classes, device,
-                               desc=f"evaluate {cfg.data.val_split}")
+    if trainer.is_global_zero:
+        export_pretrained(out / MODEL_NAME, model, None, cfg, method=cfg.mode)
+    confusion = evaluate_confusion(trainer, module)  # every process takes part
+    if not trainer.is_global_zero:
+        return {}
     evaluation = summarize(confusion, names)
     evaluation.update(dataset=cfg.data.dataset, split=cfg.data.val_split, model=str(out / MODEL_NAME))
     write_json(out / "evaluation.json", evaluation)
@@ -472,28 +513,17 @@ def _probe_feature_statistics(model: nn.Module, train_set: Dataset, collate: Cal
         return feature_statistics(train_set.features)
 
     def batches():
-        model.eval()
+        model.to(device).eval()
         with torch.no_grad():
             for batch in progress(ordered_loader(train_set, collate, batch_size), desc="feature statistics",
                                   unit="batch"):
-                yield model.forward_features(sparse_input(_to_device(batch, device))).cpu()
+                yield model.forward_features(sparse_input(move_data_to_device(batch, device))).cpu()
 
     return feature_statistics(batches())
 
 
 def _fmt(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value:.2f}"
-
-
-def _device(cfg: DownstreamConfig) -> torch.device:
-    if cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-            for key, value in batch.items()}
 
 
 def _length(loader: Any) -> Optional[int]:
@@ -518,15 +548,19 @@ def load_downstream_config(path: Optional[str], overrides: list[str], mode: str,
     from slidr.config import load_config
 
     cfg = load_config(DownstreamConfig, path, overrides)
-    cfg.mode = mode  # type: ignore[assignment]
+    changes: dict[str, Any] = {"mode": mode}
     if pretrained is not None:
-        cfg.pretrained = None if pretrained.lower() in ("none", "null", "random") else pretrained
-    return cfg
+        changes["pretrained"] = None if pretrained.lower() in ("none", "null", "random") else pretrained
+    return dataclasses.replace(cfg, **changes)
 
 
 def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: str,
-                         dataset_factory: Callable[..., tuple[Dataset, Callable]] = make_dataset) -> dict:
+                         dataset_factory: Callable[..., tuple[Dataset, Callable]] = make_dataset,
+                         enable_progress_bar: bool = True) -> dict:
     """Evaluate a trained segmentation network (``model.pt``) on ``split``; returns :func:`summarize`'s dict.
+
+    Runs Lightning's test loop on the devices of ``cfg.trainer`` (several processes split the scans; the
+    confusion matrix is summed over them). Every process returns the evaluation.
 
     Raises
     ------
@@ -535,10 +569,9 @@ def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: s
     """
     names = class_names(cfg.data.dataset)
     model, _ = build_segmentation_model(cfg, len(names), str(model_path), reset_head=False)
-    device = _device(cfg)
     dataset, collate = dataset_factory(cfg, split, False)
-    confusion = evaluate_model(model.to(device), ordered_loader(dataset, collate, cfg.trainer.batch_size),
-                               len(names), device, desc=f"evaluate {split}")
+    module = DownstreamModule(model, cfg, len(names), random_init=False, eval_set=dataset, eval_collate=collate)
+    confusion = evaluate_confusion(evaluation_trainer(cfg.trainer, enable_progress_bar), module)
     evaluation = summarize(confusion, names)
     evaluation.update(dataset=cfg.data.dataset, split=split, model=str(model_path))
     return evaluation

@@ -19,9 +19,11 @@ import torch
 from torch.utils.data import Dataset
 
 from slidr.config import PretrainConfig
+from slidr.engine.distributed import gathered_info_nce
+from slidr.engine.module import PretrainModule
 from slidr.errors import SlidrError
-from slidr.methods import losses
-from slidr.methods.pretrain import PretrainModule, _to_sparse, gathered_info_nce
+from slidr.methods import METHODS, losses
+from slidr.models import sparse_input
 
 
 def pointcontrast_steps(num_scans: int, batch_pairs: int, equivalent_epochs: int, world_size: int = 1) -> int:
@@ -33,6 +35,7 @@ def pointcontrast_steps(num_scans: int, batch_pairs: int, equivalent_epochs: int
     return max(1, math.ceil(equivalent_epochs * num_scans / (2 * batch_pairs * world_size)))
 
 
+@METHODS.register("pointcontrast")
 class PointContrastModule(PretrainModule):
     """PointContrast pretraining of ``model_points``.
 
@@ -76,7 +79,7 @@ class PointContrastModule(PretrainModule):
 
     def point_features(self, view: dict) -> torch.Tensor:
         """(N, C) features of every point of a batched view."""
-        voxel_features = self.model_points(_to_sparse(view["voxel_coords"], view["voxel_feats"]))
+        voxel_features = self.model_points(sparse_input(view))
         return voxel_features[view["inverse_map"]]
 
     def compute_loss(self, batch: dict) -> tuple[Optional[torch.Tensor], dict[str, float]]:

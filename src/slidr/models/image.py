@@ -1,19 +1,23 @@
 """The frozen image teacher and its trainable head.
 
-``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder (ResNet-50/18, dilated or not, ViT-S/16, or
-a small convnet for CPU demos) frozen in eval mode, and a head (1x1 convolution to ``out_channels``, bilinear
-upsampling back to the input size, optional L2 normalisation) that trains. ``model(images (B, 3, H, W)) -> (B,
-out, H, W)``; float images are taken as ImageNet-normalised (what the datasets yield), uint8 images are
-normalised inside.
+``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder named by ``cfg.encoder`` in
+:data:`slidr.models.IMAGE_ENCODERS` (ResNet-50/18, dilated or not, ViT-S/16, DINOv2 ViT-S/14 or ViT-B/14 with or
+without registers, a small convnet for CPU demos, ...) frozen in eval mode, and a head (1x1 convolution to
+``out_channels``, bilinear upsampling back to the input size, optional L2 normalisation) that trains.
+``model(images (B, 3, H, W)) -> (B, out, H, W)``; float images are taken as ImageNet-normalised (what the datasets
+yield), uint8 images are normalised inside. An encoder registered with other input statistics (``mean`` / ``std``
+metadata) gets its input re-normalised to them inside the teacher, so the datasets' layout never changes.
 
 Weights come from the local file ``cfg.weights``; nothing is ever downloaded. Accepted files:
 
-- a plain state dict with the encoder's keys (torchvision ResNet files, DINO ViT files, timm ViT files, a file
-  saved from :attr:`ImageTeacher.encoder`); classifier weights (``fc.*``, ``head.*``) are ignored;
+- a plain state dict with the encoder's keys (torchvision ResNet files, DINO ViT files, timm ViT files, DINOv2
+  release files, a file saved from :attr:`ImageTeacher.encoder`); classifier weights (``fc.*``, ``head.*``) are
+  ignored; an encoder with an ``adapt_state_dict`` method renames other layouts first (timm's DINOv2 files);
 - a checkpoint holding it under ``state_dict`` / ``model`` / ``teacher`` / ``model_state_dict`` (MoCo v2: the
   ``state_dict`` entry, with ``module.encoder_q.*`` keys);
 - keys carrying a prefix: ``cfg.weights_prefix`` names it (only keys starting with it are used, stripped of it),
-  otherwise the first of :data:`COMMON_PREFIXES` (or none) that matches the most encoder keys is stripped.
+  otherwise the first of the encoder's registered ``weight_prefixes`` and :data:`COMMON_PREFIXES` (or none)
+  that matches the most encoder keys is stripped.
 
 Missing or unexpected keys, or mismatched shapes, raise :class:`~slidr.errors.SlidrError` listing them.
 """
@@ -21,6 +25,7 @@ Missing or unexpected keys, or mismatched shapes, raise :class:`~slidr.errors.Sl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +33,7 @@ from torch import nn
 
 from slidr.config import ImageModelConfig
 from slidr.errors import SlidrError
-from slidr.models.resnet import resnet18, resnet50
-from slidr.models.vit import vit_small
+from slidr.models import IMAGE_ENCODERS
 from slidr.models.state_dict import listing, state_dict_problems
 from slidr.utils.log import warn_once
 
@@ -43,6 +47,7 @@ _CHECKPOINT_ENTRIES = ("state_dict", "model", "teacher", "model_state_dict")
 _CLASSIFIER_PREFIXES = ("fc.", "head.")
 
 
+@IMAGE_ENCODERS.register("convnet_small")
 class ConvNetSmall(nn.Module):
     """A three-layer convnet (output stride 4, 128 channels) standing in for a teacher in CPU demos and tests."""
 
@@ -74,10 +79,20 @@ class ImageTeacher(nn.Module):
         mode by :meth:`train` when ``freeze_encoder`` (BatchNorm statistics never move).
     head : nn.Conv2d
         The 1x1 convolution; its state dict is what pretraining exports (``weight``, ``bias``).
+
+    Parameters
+    ----------
+    encoder : nn.Module
+    out_channels, normalize_output, freeze_encoder
+        See :class:`~slidr.config.ImageModelConfig`.
+    input_mean, input_std : three floats
+        The RGB normalisation (images in [0, 1]) the encoder's weights expect; default ImageNet's. Float input
+        is ImageNet-normalised, so other statistics re-normalise it.
     """
 
     def __init__(self, encoder: nn.Module, out_channels: int = 64, normalize_output: bool = True,
-                 freeze_encoder: bool = True) -> None:
+                 freeze_encoder: bool = True, input_mean: Sequence[float] = IMAGENET_MEAN,
+                 input_std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Conv2d(encoder.out_channels, out_channels, kernel_size=1)
@@ -85,8 +100,14 @@ class ImageTeacher(nn.Module):
         self.output_stride = encoder.output_stride
         self.normalize_output = normalize_output
         self.freeze_encoder = freeze_encoder
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(tuple(input_mean)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(tuple(input_std)).view(1, 3, 1, 1), persistent=False)
+        # ImageNet-normalised x -> (x * imagenet_std + imagenet_mean - mean) / std, skipped for ImageNet weights
+        self.renormalize = (tuple(input_mean), tuple(input_std)) != (IMAGENET_MEAN, IMAGENET_STD)
+        imagenet_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        imagenet_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.register_buffer("renorm_scale", imagenet_std / self.std, persistent=False)
+        self.register_buffer("renorm_shift", (imagenet_mean - self.mean) / self.std, persistent=False)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
@@ -103,6 +124,8 @@ class ImageTeacher(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if images.dtype == torch.uint8:
             images = (images.float() / 255 - self.mean) / self.std
+        elif self.renormalize:
+            images = images * self.renorm_scale + self.renorm_shift
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
             features = self.encoder.forward_features(images)
         features = self.head(features)
@@ -113,20 +136,24 @@ class ImageTeacher(nn.Module):
 
 
 def build_encoder(cfg: ImageModelConfig) -> nn.Module:
-    """The encoder named by ``cfg.encoder`` (``dilated`` concerns the ResNets only), randomly initialised."""
-    if cfg.encoder == "resnet50":
-        return resnet50(dilated=cfg.dilated)
-    if cfg.encoder == "resnet18":
-        return resnet18(dilated=cfg.dilated)
-    if cfg.encoder == "vit_small":
-        return vit_small()
-    if cfg.encoder == "convnet_small":
-        return ConvNetSmall()
-    raise SlidrError(f"image.encoder {cfg.encoder!r} is not one of resnet50, resnet18, vit_small, convnet_small")
+    """The encoder named by ``cfg.encoder``, randomly initialised.
+
+    The registered constructor receives the config fields named by its ``options`` metadata (e.g. the ResNets'
+    ``dilated``) as keyword arguments.
+
+    Raises
+    ------
+    ConfigError
+        ``cfg.encoder`` is not registered in :data:`slidr.models.IMAGE_ENCODERS`.
+    """
+    entry = IMAGE_ENCODERS.entry(cfg.encoder, where="image.encoder")
+    options = {name: getattr(cfg, name) for name in entry.metadata.get("options", ())}
+    return entry.obj(**options)
 
 
 def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
     """The image teacher of ``cfg``, with its encoder weights loaded from ``cfg.weights`` when given."""
+    metadata = IMAGE_ENCODERS.entry(cfg.encoder, where="image.encoder").metadata
     encoder = build_encoder(cfg)
     if cfg.weights is None:
         warn_once(
@@ -134,12 +161,18 @@ def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
             "quality will be poor; point image.weights to a local checkpoint file (e.g. MoCo v2 ResNet-50)"
         )
     else:
-        load_encoder_weights(encoder, cfg.weights, cfg.weights_prefix)
-    return ImageTeacher(encoder, cfg.out_channels, cfg.normalize_output, cfg.freeze_encoder)
+        load_encoder_weights(encoder, cfg.weights, cfg.weights_prefix,
+                             tuple(metadata.get("weight_prefixes", ())) + COMMON_PREFIXES)
+    return ImageTeacher(encoder, cfg.out_channels, cfg.normalize_output, cfg.freeze_encoder,
+                        metadata.get("mean", IMAGENET_MEAN), metadata.get("std", IMAGENET_STD))
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | None = None) -> None:
+def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | None = None,
+                         prefixes: Sequence[str] = COMMON_PREFIXES) -> None:
     """Load a local checkpoint file into ``encoder`` (see the module docstring for the accepted layouts).
+
+    ``prefix`` is stripped from every key when given; otherwise the candidate of ``prefixes`` (or none) that
+    leaves the most encoder keys is.
 
     Raises
     ------
@@ -154,7 +187,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | Non
     except Exception as error:  # any unpickling failure: report the file, not a traceback
         raise SlidrError(f"cannot read image weights file {path}: {error}") from None
     state = _find_state_dict(checkpoint, path)
-    state = _strip_prefix(state, set(encoder.state_dict()), prefix, path)
+    state = _strip_prefix(state, set(encoder.state_dict()), prefix, path, prefixes)
+    if hasattr(encoder, "adapt_state_dict"):  # another release's names for the same tensors (timm's DINOv2)
+        state = encoder.adapt_state_dict(state)
     has_classifier = any(key.startswith(_CLASSIFIER_PREFIXES) for key in encoder.state_dict())
     if not has_classifier:
         state = {key: value for key, value in state.items() if not key.startswith(_CLASSIFIER_PREFIXES)}
@@ -172,7 +207,7 @@ def _find_state_dict(checkpoint, path: Path) -> dict[str, torch.Tensor]:
     return {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
 
 
-def _strip_prefix(state: dict, expected: set[str], prefix: str | None, path: Path) -> dict:
+def _strip_prefix(state: dict, expected: set[str], prefix: str | None, path: Path, prefixes: Sequence[str]) -> dict:
     if prefix is not None:
         stripped = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
         if not stripped:
@@ -180,7 +215,7 @@ def _strip_prefix(state: dict, expected: set[str], prefix: str | None, path: Pat
                              f"its keys begin: {listing(state)}")
         return stripped
     best, best_score = state, len(expected & state.keys())
-    for candidate in COMMON_PREFIXES:
+    for candidate in prefixes:
         stripped = {key[len(candidate):]: value for key, value in state.items() if key.startswith(candidate)}
         score = len(expected & stripped.keys())
         if score > best_score:

@@ -9,11 +9,13 @@ maps the last 96 channels to the output size, optionally L2-normalised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from slidr.config import BackboneConfig, ConfigError
+from slidr.config import BackboneConfig
+from slidr.models import BACKBONES
 from slidr.models.sparse import (
     Conv3dDown,
     ConvTranspose3dUp,
@@ -136,11 +138,26 @@ class SRUNet(nn.Module):
         return out
 
 
-def build_backbone(cfg: BackboneConfig) -> SRUNet:
-    """The 3D backbone named by ``cfg.name``, on the backend ``cfg.backend`` ("torch" or "spconv")."""
-    if cfg.name not in PRESETS:
-        raise ConfigError(f"backbone.name: unknown network {cfg.name!r}; valid: {', '.join(PRESETS)}")
-    model = SRUNet(PRESETS[cfg.name], cfg.in_channels, cfg.out_channels, cfg.bn_momentum, cfg.normalize_output)
+def _unet_constructor(preset: UNetPreset) -> Callable[[BackboneConfig], SRUNet]:
+    def build(cfg: BackboneConfig) -> SRUNet:
+        return SRUNet(preset, cfg.in_channels, cfg.out_channels, cfg.bn_momentum, cfg.normalize_output)
+
+    return build
+
+
+for _name, _preset in PRESETS.items():
+    BACKBONES.register(_name, _unet_constructor(_preset), preset=_preset)
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """The 3D backbone named by ``cfg.name`` (:data:`slidr.models.BACKBONES`), on the backend ``cfg.backend``.
+
+    Raises
+    ------
+    ConfigError
+        ``cfg.name`` is not registered, or the backend is unknown.
+    """
+    model = BACKBONES.get(cfg.name, where="backbone.name")(cfg)
     if cfg.backend != "torch":
         from slidr.models.sparse.spconv_backend import use_backend
 

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +20,8 @@ import numpy as np
 
 from slidr.config import NUSCENES_CAMERAS
 from slidr.data.classes import NUSCENES_CLASSES, NUSCENES_LEARNING_MAP
-from slidr.data.synth import kitti_writer, nuscenes_writer
+from slidr.data.io import SYNTH_SUMMARY_FILE as SUMMARY_FILE
+from slidr.data.synth import annotate, kitti_object_writer, kitti_writer, nuscenes_writer
 from slidr.data.synth.raycast import cast_rays
 from slidr.data.synth.render import lidar_returns, render_image
 from slidr.data.projection import project_points
@@ -30,10 +32,9 @@ from slidr.errors import SlidrError
 from slidr.utils.io import atomic_directory, write_json
 from slidr.utils.progress import progress
 
-FORMATS = ("nuscenes", "semantickitti")
+FORMATS = ("nuscenes", "semantickitti", "kitti-object")
 MIN_IMAGE_SIDE = 64
 CAMERA_RANGE_M = 250.0
-SUMMARY_FILE = "synth_summary.json"
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
     image_size : (width, height) of the camera images.
     seed : everything random derives from it.
     workers : processes; default ``min(os.cpu_count(), scenes * frames)``. 1 renders in this process.
-    fmt : "nuscenes" or "semantickitti".
+    fmt : "nuscenes", "semantickitti" or "kitti-object" (KITTI 3D object layout, front camera, label_2 boxes).
     version : nuScenes table folder name.
     show_progress : show a progress bar.
     previews : write ``preview/bev.png`` and ``preview/camera_depth.png``.
@@ -90,7 +91,8 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
     -------
     dict, also written to ``out/synth_summary.json``: ``scenes``, ``samples``, ``points_per_scan`` (mean),
     ``class_points`` (nuScenes evaluation class -> point count), ``pairs_per_camera`` (mean points projected
-    into one camera image), and more.
+    into one camera image), ``objects`` (annotated boxes per nuScenes category, or label lines per KITTI type),
+    and more.
     """
     settings = SynthSettings(scenes=int(scenes), frames=int(frames), image_size=tuple(int(v) for v in image_size),
                              seed=int(seed), fmt=fmt, version=version)
@@ -108,6 +110,8 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
             rig = build_rig(settings.image_size)
             if settings.fmt == "nuscenes":
                 nuscenes_writer.write_tables(tmp, settings.version, settings.seed, conditions, records, rig)
+            elif settings.fmt == "kitti-object":
+                kitti_object_writer.write_image_sets(tmp, settings.version, conditions, settings.frames)
             else:
                 camera = next(s for s in rig if s.channel == "CAM_FRONT")
                 for scene in conditions:
@@ -182,6 +186,12 @@ def scene_world(conditions: SceneConditions, frames: int) -> World:
     return build_world(conditions, frames)
 
 
+@lru_cache(maxsize=1)
+def scene_objects(conditions: SceneConditions, frames: int) -> annotate.SceneObjects:
+    """The annotated objects of one scene (cached like :func:`scene_world`)."""
+    return annotate.scene_objects(scene_world(conditions, frames))
+
+
 _CAMERA_RAYS: dict[tuple, np.ndarray] = {}
 
 
@@ -193,17 +203,21 @@ def _camera_rays_cached(sensor: Sensor) -> np.ndarray:
 
 
 def render_frame(root: Path, settings: SynthSettings, conditions: SceneConditions, frame: int) -> dict:
-    """Render and write one keyframe: the lidar scan, its labels and the camera images.
+    """Render and write one keyframe: the lidar scan, its labels, the camera images and the objects' boxes.
 
     Returns a record for the tables and the summary: ``scene``, ``frame``, ``timestamp``, the ego pose,
-    ``files``, ``points``, ``class_counts`` (32 raw categories), ``pairs`` (channel -> projected points).
+    ``files``, ``points``, ``class_counts`` (32 raw categories), ``pairs`` (channel -> projected points),
+    ``annotations`` (nuScenes layout: :func:`slidr.data.synth.annotate.nuscenes_annotations`) and ``objects``
+    (annotated objects per nuScenes category name).
     """
     world = scene_world(conditions, settings.frames)
+    objects = scene_objects(conditions, settings.frames)
     rig = [s for s in build_rig(settings.image_size) if s.channel in settings.channels]
     ego_to_street, ego_to_global = ego_pose(world, conditions, frame)
     timestamp = conditions.start_timestamp + int(frame * 500_000)
     rng = np.random.default_rng([settings.seed, conditions.index, frame])
-    scan = lidar_scan(world, conditions, settings.lidar, ego_to_street @ rig[0].to_ego, rng)
+    lidar_to_street = ego_to_street @ rig[0].to_ego
+    scan = lidar_scan(world, conditions, settings.lidar, lidar_to_street, rng)
     record: dict[str, Any] = {
         "scene": conditions.index, "frame": frame, "timestamp": timestamp,
         "ego_rotation": list(matrix_to_quaternion(ego_to_global[:3, :3])),
@@ -215,12 +229,17 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
     record["files"] = files
     lidar_to_ego = rig[0].to_ego
     images = {}
+    seen: dict[str, annotate.CameraObjects] = {}
     for camera in rig[1:]:
-        image, semantic = render_camera(world, conditions, camera, ego_to_street @ camera.to_ego, rng)
+        camera_to_street = ego_to_street @ camera.to_ego
+        image, semantic, instance = render_camera(world, conditions, camera, camera_to_street, rng)
         lidar_to_camera = np.linalg.inv(camera.to_ego) @ lidar_to_ego
         index, _ = project_points(scan["points"], lidar_to_camera, camera.intrinsic, (camera.height, camera.width))
         record["pairs"][camera.channel] = int(len(index))
         images[camera.channel] = (image, semantic)
+        if settings.fmt != "semantickitti":  # the SemanticKITTI layout has no boxes
+            seen[camera.channel] = annotate.camera_objects(world, objects, camera, camera_to_street,
+                                                           _camera_rays_cached(camera), instance, CAMERA_RANGE_M)
     if settings.fmt == "nuscenes":
         lidar_token = nuscenes_writer.sample_data_token(settings.seed, conditions.index, frame, LIDAR_CHANNEL)
         nuscenes_writer.write_lidar(root / files[LIDAR_CHANNEL], scan["points"], scan["category"],
@@ -228,12 +247,27 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
         for channel, (image, semantic) in images.items():
             nuscenes_writer.write_camera(root / files[channel], image,
                                          root / nuscenes_writer.semantic_file(files[channel]), semantic)
+        record["annotations"] = annotate.nuscenes_annotations(world, objects, lidar_to_street, scan["instance"],
+                                                              list(seen.values()), settings.lidar.max_range)
+        record["objects"] = dict(Counter(a["category"] for a in record["annotations"]))
     else:
         velodyne = np.empty((len(scan["points"]), 4), dtype=np.float32)
         velodyne[:, :3] = scan["points"][:, :3] @ lidar_to_ego[:3, :3].T  # KITTI axes, same origin
         velodyne[:, 3] = scan["points"][:, 3] / 255.0
-        labels = scan["part"].astype(np.uint32) | (scan["instance"].astype(np.uint32) << 16)
-        kitti_writer.write_frame(root, conditions.index, frame, velodyne, labels, images["CAM_FRONT"][0])
+        if settings.fmt == "semantickitti":
+            labels = scan["part"].astype(np.uint32) | (scan["instance"].astype(np.uint32) << 16)
+            kitti_writer.write_frame(root, conditions.index, frame, velodyne, labels, images["CAM_FRONT"][0])
+        else:
+            front = next(s for s in rig if s.channel == "CAM_FRONT")
+            calibration = kitti_object_writer.calibration(front)
+            labels = annotate.kitti_labels(
+                objects, ego_to_street @ kitti_writer.velodyne_to_ego(),
+                kitti_object_writer.velo_to_rect(calibration), calibration["P2"], (front.height, front.width),
+                scan["instance"], seen[front.channel])
+            kitti_object_writer.write_frame(root, kitti_object_writer.frame_id(conditions.index, frame,
+                                                                               settings.frames),
+                                            velodyne, images[front.channel][0], calibration, labels)
+            record["objects"] = dict(Counter(labels.type))
     if conditions.index == 0 and frame == 0:
         front = next(s for s in rig if s.channel == "CAM_FRONT")
         record["preview"] = {"points": scan["points"], "category": scan["category"],
@@ -276,15 +310,17 @@ def lidar_scan(world: World, conditions: SceneConditions, spec: LidarSpec, lidar
 
 
 def render_camera(world: World, conditions: SceneConditions, camera: Sensor, camera_to_street: np.ndarray,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The camera's (H, W, 3) uint8 image and (H, W) uint8 map of raw nuScenes categories (0 = sky)."""
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The camera's (H, W, 3) uint8 image, (H, W) uint8 map of raw nuScenes categories (0 = sky) and (H, W) int32
+    map of the object instance seen at each pixel (0 = stuff or sky)."""
     directions = _camera_rays_cached(camera) @ camera_to_street[:3, :3].T
     origin = camera_to_street[:3, 3]
     distance, prim, normals = cast_rays(origin, directions, CAMERA_RANGE_M, world.kinds, world.params, world.grid)
     shape = (camera.height, camera.width)
     image = render_image(origin, directions, distance, prim, normals, world, conditions, shape, rng)
     semantic = np.where(prim >= 0, world.category[np.maximum(prim, 0)], 0).astype(np.uint8).reshape(shape)
-    return image, semantic
+    instance = np.where(prim >= 0, world.instance[np.maximum(prim, 0)], 0).astype(np.int32).reshape(shape)
+    return image, semantic, instance
 
 
 def _summary(settings: SynthSettings, conditions: list[SceneConditions], records: list[dict],
@@ -310,6 +346,7 @@ def _summary(settings: SynthSettings, conditions: list[SceneConditions], records
         "ignored_points": int(counts.sum() - sum(class_points.values())),
         "pairs_per_camera": float(np.mean(list(pairs.values()))),
         "pairs_per_camera_by_channel": pairs,
+        "objects": dict(sorted(sum((Counter(r.get("objects", {})) for r in records), Counter()).items())),
         "conditions": {
             "rain": sum(c.rain for c in conditions), "night": sum(c.night for c in conditions),
             "boston": sum(c.city == "boston" for c in conditions),

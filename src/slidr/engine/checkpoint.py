@@ -3,17 +3,20 @@
 Training checkpoints (``DIR/checkpoints/epoch=NNNN.ckpt``) are Lightning checkpoints: weights, optimizer,
 scheduler, loop counters (epoch, step) and callback state. Every write goes to a temporary file that is then
 renamed, so a run killed while writing never leaves a truncated checkpoint that looks complete. Because the
-data order depends only on (seed, epoch) (see :class:`slidr.methods.pretrain.EpochSampler`), resuming from the
+data order depends only on (seed, epoch) (see :class:`slidr.engine.data.EpochSampler`), resuming from the
 checkpoint of epoch ``e`` replays epochs ``e+1...`` exactly; a run killed mid-epoch loses at most that epoch.
 
 The exported file (``DIR/pretrained.pt``) is a plain ``torch.save`` of a dict: ``model_points`` (3D network
 state dict), ``model_images_head`` (image head state dict, empty for methods without one), ``config`` (the
 resolved config as a dict), ``method``, ``slidr_version``, and ``model_images_encoder`` when the image teacher was
-randomly initialised (it cannot be rebuilt from a weights file then).
+randomly initialised (it cannot be rebuilt from a weights file then). It holds tensors and plain data only, so
+:func:`load_export` reads it with ``weights_only=True``: a file that needs arbitrary unpickling (which can run
+code) is refused.
 """
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -153,6 +156,50 @@ def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_ima
     return Path(path)
 
 
+def load_export(path: str | Path, what: str = "pretrained file") -> dict[str, Any]:
+    """Read an exported file (``pretrained.pt``, a downstream ``model.pt``, a state dict) safely.
+
+    ``torch.load(..., weights_only=True)``: tensors and plain containers only; pickled Python objects, which
+    could run code while loading, are refused.
+
+    Parameters
+    ----------
+    path : path
+    what : str
+        How error messages name the file.
+
+    Returns
+    -------
+    dict
+        The file's top-level mapping, tensors on CPU.
+
+    Raises
+    ------
+    SlidrError
+        The file is missing, unreadable or truncated, holds pickled objects beyond tensors and plain data, or
+        does not hold a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SlidrError(f"{what} {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if not found:  # not a torch file, or a truncated one
+            detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", str(error))
+            raise SlidrError(f"cannot read {what} {path}: not a PyTorch file, or a damaged one"
+                             + (f" ({detail.group(1).strip()})" if detail else "")) from None
+        raise SlidrError(f"{what} {path} holds Python objects besides tensors and plain data (a pickled "
+                         f"{found.group(1)}), which are not loaded because unpickling them could run code; export "
+                         "it again with slidr, or save a plain state dict") from None
+    except Exception as error:  # a truncated or foreign file: say which
+        raise SlidrError(f"cannot read {what} {path}: {error}") from None
+    if not isinstance(payload, Mapping):
+        raise SlidrError(f"{what} {path} does not hold a dict (got {type(payload).__name__})")
+    return dict(payload)
+
+
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
 
@@ -191,14 +238,7 @@ def load_backbone(path: str | Path, model: torch.nn.Module, voxel_cfg: Optional[
         voxel settings differ.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SlidrError(f"pretrained file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: say which
-        raise SlidrError(f"cannot read pretrained file {path}: {error}") from None
-    if not isinstance(payload, Mapping):
-        raise SlidrError(f"pretrained file {path} does not hold a dict (got {type(payload).__name__})")
+    payload = load_export(path)
     config = payload.get("config") if isinstance(payload.get("config"), Mapping) else None
     if isinstance(payload.get("model_points"), Mapping):  # exported file or the authors' release
         state = _strip_prefixes(payload["model_points"])
