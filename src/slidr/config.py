@@ -554,8 +554,8 @@ class SuperpixelJobConfig(ConfigBase):
     shard: str = setting("0/1", help="compute only share I of N (0-based), e.g. one task of a cluster job array")
     cameras: Optional[list[str]] = setting(None, help="only these camera channels (default: all)")
     from_dir: Optional[str] = setting(
-        None, help="masks: folder of the mask files, DIR/<CHANNEL>/<image stem>.{png,npz,npy,json} (formats: "
-                   "slidr.data.masks)")
+        None, help="masks: folder of the mask files, DIR/<image path without suffix>.{png,npz,npy,json}, or for "
+                   "nuScenes also DIR/<CHANNEL>/<image stem>.{png,...} (formats: slidr.data.masks)")
     fill: Literal["unlabelled", "nearest"] = setting(
         "unlabelled", help="masks: pixels no mask covers keep id 0, left out of the losses (unlabelled), or take "
                            "the nearest mask's id")
