@@ -51,8 +51,9 @@ case "${GPU_CHECK_INSTALL:-editable}" in
         if "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e "$root" >"$log" 2>&1; then
             echo "gpu_check: installed slidr from $root (pip install --no-deps -e .)"
         else
-            echo "gpu_check: pip could not install slidr (last lines below); running the checkout's sources anyway"
-            tail -n 3 "$log" | sed 's/^/    /'
+            echo "gpu_check: pip could not install slidr; running the checkout's sources anyway. pip said:"
+            { grep "error: " "$log" | grep -v "subprocess-exited-with-error\|metadata-generation-failed" || tail -n 3 "$log"; } \
+                | head -n 4 | sed 's/^ */    /'
         fi
         rm -f "$log"
         ;;
