@@ -34,10 +34,10 @@ from typing import Optional
 
 import numpy as np
 
-from slidr.bench import BenchResult
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, cpu_only_notes
 from slidr.bench.superpixels import NUSCENES_CAMERA_IMAGES
 from slidr.cli.settings import CommandSettings, Flag
-from slidr.config import ConfigBase, at_least, setting, subkey
+from slidr.config import at_least, setting, subkey
 from slidr.errors import SlidrError
 
 NAME = "data"
@@ -46,7 +46,7 @@ STAGES = ("read", "project", "augment", "decode", "normalize", "superpixels", "v
 
 
 @dataclass(frozen=True)
-class DataBenchConfig(ConfigBase):
+class DataBenchConfig(DeviceSetting):
     """``slidr bench data``: which keyframe is loaded, how often, on how many threads."""
 
     dataroot: Optional[str] = setting(
@@ -63,7 +63,7 @@ class DataBenchConfig(ConfigBase):
 
 SETTINGS = CommandSettings(DataBenchConfig, flags=[
     Flag("dataroot"), Flag("index"), Flag("repeats"), Flag("threads"),
-    Flag("reference", option="--no-reference", negate=True, help="skip the authors' path")])
+    Flag("reference", option="--no-reference", negate=True, help="skip the authors' path"), DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +80,11 @@ def run(args: argparse.Namespace) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="slidr-bench-data-") as tmp:
         index_path = Path(cfg.index) if cfg.index else _prepare_keyframe(cfg.dataroot, Path(tmp))
         data_cfg = DataConfig(index=str(index_path))
-        return _measure(index_path, data_cfg, cfg.repeats, cfg.reference, Path(tmp))
+        result = _measure(index_path, data_cfg, cfg.repeats, cfg.reference, Path(tmp))
+    result.data["device"] = "cpu"
+    result.notes += cpu_only_notes(cfg.device, "loading a sample (decoding, projection, voxelization) is CPU work "
+                                               "done by the data loader's workers")
+    return result
 
 
 def _prepare_keyframe(dataroot: str | None, tmp: Path) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,10 +22,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from slidr.bench import BenchResult
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, resolve_device, timed
 from slidr.bench.sparse import ring_scan
 from slidr.cli.settings import CommandSettings, Flag
-from slidr.config import BackboneConfig, ConfigBase, ConfigError, DetectionHeadConfig, at_least, setting, subkey
+from slidr.config import BackboneConfig, ConfigError, DetectionHeadConfig, at_least, setting, subkey
 from slidr.data.voxelize import voxelize
 from slidr.errors import DataError
 from slidr.methods.detection import detection_loss, encode_targets
@@ -43,7 +42,7 @@ BOXES = np.array([[15.0, -3.0, -0.9, 3.9, 1.6, 1.55, 0.3], [10.0, 3.0, -0.85, 0.
 
 
 @dataclass(frozen=True)
-class DetectorBenchConfig(ConfigBase):
+class DetectorBenchConfig(DeviceSetting):
     """``slidr bench detector``: the backbones timed and the scan they are timed on."""
 
     backbones: list[str] = setting(factory=lambda: ["minkunet14_half", "minkunet34"],
@@ -70,7 +69,7 @@ class DetectorBenchConfig(ConfigBase):
 
 
 SETTINGS = CommandSettings(DetectorBenchConfig, flags=[Flag(name) for name in (
-    "backbones", "points", "threads", "repeats", "scan", "dims", "seed")])
+    "backbones", "points", "threads", "repeats", "scan", "dims", "seed")] + [DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +90,7 @@ def front_scan(points: np.ndarray, count: int, seed: int, cfg: DetectionHeadConf
 def run(args: argparse.Namespace) -> BenchResult:
     args = args.settings
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     head_cfg = DetectionHeadConfig()
     if args.scan is not None:
         raw = np.fromfile(Path(args.scan), dtype=np.float32)
@@ -104,34 +104,34 @@ def run(args: argparse.Namespace) -> BenchResult:
         source = "ring scan (64 beams, 2048 azimuths)"
     points = np.ascontiguousarray(front_scan(points, args.points, args.seed, head_cfg), dtype=np.float32)
     coords, kept, inverse = voxelize(points, "cylindrical", 0.1, 1.0)
-    coords4 = torch.from_numpy(np.column_stack([np.zeros(len(coords), np.int32), coords]))
-    feats = torch.from_numpy(np.clip(points[kept, 3:4], 0, 1))
-    points_t, inverse_t = torch.from_numpy(points), torch.from_numpy(inverse)
-    point_batch = torch.zeros(len(points), dtype=torch.int64)
+    coords4 = torch.from_numpy(np.column_stack([np.zeros(len(coords), np.int32), coords])).to(device)
+    feats = torch.from_numpy(np.clip(points[kept, 3:4], 0, 1)).to(device)
+    points_t, inverse_t = torch.from_numpy(points).to(device), torch.from_numpy(inverse).to(device)
+    point_batch = torch.zeros(len(points), dtype=torch.int64, device=device)
 
     detectors = {}
     for name in args.backbones:
         torch.manual_seed(args.seed)
         detectors[name] = build_detector(build_backbone(BackboneConfig(name=name, normalize_output=False)),
-                                         head_cfg).train()
+                                         head_cfg).train().to(device)
     targets = encode_targets([BOXES], [np.array([0, 1, 2])], next(iter(detectors.values())).grid,
-                             len(head_cfg.classes))
+                             len(head_cfg.classes), device=device)
 
     def backbone_step(name: str) -> float:
         model = detectors[name]
         model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        model.model_points.forward_features(SparseTensor(coords4, feats)).sum().backward()
-        return time.perf_counter() - start
+        return timed(lambda: model.model_points.forward_features(SparseTensor(coords4, feats)).sum().backward(),
+                     device)[1]
 
     def detector_step(name: str) -> float:
         model = detectors[name]
         model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        outputs = model(SparseTensor(coords4, feats), points_t, inverse_t, point_batch, 1)
-        loss, _ = detection_loss(outputs, targets)
-        loss.backward()
-        return time.perf_counter() - start
+
+        def step() -> None:
+            outputs = model(SparseTensor(coords4, feats), points_t, inverse_t, point_batch, 1)
+            detection_loss(outputs, targets)[0].backward()
+
+        return timed(step, device)[1]
 
     def head_step(name: str) -> float:
         model = detectors[name]
@@ -139,11 +139,12 @@ def run(args: argparse.Namespace) -> BenchResult:
             features = model.model_points.forward_features(SparseTensor(coords4, feats))
         features.requires_grad_(True)
         model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        outputs = model.head(features[inverse_t], points_t, point_batch, 1)
-        loss, _ = detection_loss(outputs, targets)
-        loss.backward()
-        return time.perf_counter() - start
+
+        def step() -> None:
+            outputs = model.head(features[inverse_t], points_t, point_batch, 1)
+            detection_loss(outputs, targets)[0].backward()
+
+        return timed(step, device)[1]
 
     steps = {"bb": backbone_step, "head": head_step, "det": detector_step}
     times: dict[tuple[str, str], list[float]] = {(n, part): [] for n in args.backbones for part in steps}
@@ -155,8 +156,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             for part, step in steps.items():
                 times[(name, part)].append(step(name))
 
-    rows, data = [], {"points": len(points), "voxels": len(coords), "threads": args.threads, "scan": source,
-                      "grid": list(head_cfg.grid_shape), "backbones": {}}
+    rows, data = [], {"points": len(points), "voxels": len(coords), "threads": args.threads, "device": str(device),
+                      "scan": source, "grid": list(head_cfg.grid_shape), "backbones": {}}
     reference = min(times[(args.backbones[0], "det")])
     for name in args.backbones:
         backbone_s, head_s, detector_s = (min(times[(name, part)]) for part in ("bb", "head", "det"))

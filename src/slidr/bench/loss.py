@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from slidr.bench import BenchResult, peak_memory_mb, time_call
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, peak_memory_mb, resolve_device, time_call
 from slidr.cli.settings import CommandSettings, Flag
-from slidr.config import ConfigBase, at_least, setting, subkey
+from slidr.config import at_least, setting, subkey
 from slidr.methods.losses import info_nce, superpixel_infonce
 
 NAME = "loss"
@@ -28,7 +28,7 @@ HELP = "SLidR superpixel loss vs the authors' sparse one-hot formulation: time a
 
 
 @dataclass(frozen=True)
-class LossBenchConfig(ConfigBase):
+class LossBenchConfig(DeviceSetting):
     """``slidr bench loss``: the size of the batch the two loss formulations are timed on."""
 
     scans: int = setting(4, help="scans per batch")
@@ -40,7 +40,6 @@ class LossBenchConfig(ConfigBase):
     superpixels: int = setting(150, help="superpixels per image")
     repeats: int = setting(3, help="timed runs per measurement (median)")
     threads: Optional[int] = setting(None, help="torch CPU threads (default: torch's)")
-    device: str = setting("auto", help="cpu, cuda or auto (cuda when available)")
     seed: int = setting(0, help="seed of the random batch")
 
     def validate(self, where: str) -> None:
@@ -54,8 +53,8 @@ class LossBenchConfig(ConfigBase):
 
 
 SETTINGS = CommandSettings(LossBenchConfig, flags=[Flag(name) for name in (
-    "scans", "cameras", "height", "width", "channels", "points", "superpixels", "repeats", "threads", "device",
-    "seed")])
+    "scans", "cameras", "height", "width", "channels", "points", "superpixels", "repeats", "threads", "seed")]
+    + [DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +65,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     cfg: LossBenchConfig = args.settings
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = resolve_device(cfg.device)
     batch = make_batch(cfg, device)
     num_labels = cfg.superpixels  # ids are < this in every image (the release's "superpixel_size")
 
@@ -89,14 +88,15 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     rows, data = [], {}
     for name, fn in (("slidr", slidr_loss), ("onehot", onehot_loss)):
-        forward = _synchronized(fn, device)
-        forward_backward = _synchronized(lambda fn=fn: _backward(fn, batch), device)
-        forward_s = time_call(forward, repeats=cfg.repeats)
-        forward_backward_s = time_call(forward_backward, repeats=cfg.repeats)
+        def forward_backward(fn=fn):
+            _backward(fn, batch)
+
+        forward_s = time_call(fn, repeats=cfg.repeats, device=device)
+        forward_backward_s = time_call(forward_backward, repeats=cfg.repeats, device=device)
         _clear_grads(batch)
-        forward_mb = peak_memory_mb(forward)
+        forward_mb = peak_memory_mb(fn, device)
         _clear_grads(batch)
-        forward_backward_mb = peak_memory_mb(forward_backward)
+        forward_backward_mb = peak_memory_mb(forward_backward, device)
         data[f"{name}_forward_ms"] = round(forward_s * 1000, 1)
         data[f"{name}_ms"] = round(forward_backward_s * 1000, 1)
         data[f"{name}_forward_peak_mb"] = round(forward_mb, 1)
@@ -211,13 +211,3 @@ def _backward(fn, batch):
 def _clear_grads(batch):
     batch["point_features"].grad = None
     batch["pixel_features"].grad = None
-
-
-def _synchronized(fn, device):
-    def call():
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return result
-
-    return call

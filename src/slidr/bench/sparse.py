@@ -19,14 +19,14 @@ import ctypes
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from slidr.bench import BenchResult, peak_memory_mb
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, peak_memory_mb, resolve_device, synchronize
 from slidr.cli.settings import CommandSettings, Flag
-from slidr.config import BackboneConfig, ConfigBase, ConfigError, at_least, setting, subkey
+from slidr.config import BackboneConfig, ConfigError, at_least, setting, subkey
 from slidr.data.voxelize import voxelize
 from slidr.models.sparse import SparseTensor
 from slidr.models.sparse.spconv_backend import spconv_available, use_backend
@@ -41,7 +41,7 @@ MAX_RANGE = 70.0
 
 
 @dataclass(frozen=True)
-class SparseBenchConfig(ConfigBase):
+class SparseBenchConfig(DeviceSetting):
     """``slidr bench sparse``: network, scan size, batch sizes, threads, repetitions."""
 
     network: str = setting("minkunet34", help="backbone")
@@ -69,7 +69,7 @@ class SparseBenchConfig(ConfigBase):
 
 SETTINGS = CommandSettings(SparseBenchConfig, flags=[
     Flag("network", choices=list(PRESETS)), Flag("voxels"), Flag("batch_sizes"), Flag("threads"), Flag("repeats"),
-    Flag("points"), Flag("dims"), Flag("no_spconv"), Flag("seed")])
+    Flag("points"), Flag("dims"), Flag("no_spconv"), Flag("seed"), DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,27 +151,31 @@ class _Step:
         return out.detach()
 
 
-def _timed_both(fn) -> tuple[float, float]:
+def _timed_both(fn: Callable[[], Any], device: torch.device | None = None) -> tuple[float, float]:
     """Wall time and this process's CPU time of ``fn()`` (at one thread, CPU time is what others' load spares)."""
+    synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _peak_mb(fn) -> float:
+def _peak_mb(fn, device: torch.device) -> float:
     """Peak extra memory of ``fn()``; glibc's freed-but-kept heap is returned to the system first, otherwise a
     step reusing the previous step's memory would show no growth in resident size."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc: the measure may under-count reused memory
         pass
-    return peak_memory_mb(fn)
+    return peak_memory_mb(fn, device)
 
 
 def _map_and_forward_times(model: torch.nn.Module, coords: torch.Tensor, feats: torch.Tensor,
-                           repeats: int) -> tuple[float, float]:
-    """Minimum CPU time (one thread) to build every level and kernel map of a batch, and of a forward reusing
-    the built maps."""
+                           repeats: int, device: torch.device) -> tuple[float, float]:
+    """Minimum time (CPU time on CPU, wall time on CUDA) to build every level and kernel map of a batch, and of a
+    forward reusing the built maps."""
+    clock = 1 if device.type == "cpu" else 0
+
     def build_maps():
         cache = SparseTensor(coords, feats).cache
         for stride in (1, 2, 4, 8, 16):  # the U-Net's levels; each builds its stride-2 map on the way
@@ -184,26 +188,29 @@ def _map_and_forward_times(model: torch.nn.Module, coords: torch.Tensor, feats: 
     built = SparseTensor(coords, feats)
     with torch.no_grad():
         model(built)  # builds the maps once
-    map_times = [_timed_both(build_maps)[1] for _ in range(repeats)]
-    forward_times = [_timed_both(forward)[1] for _ in range(repeats)]
+    map_times = [_timed_both(build_maps, device)[clock] for _ in range(repeats)]
+    forward_times = [_timed_both(forward, device)[clock] for _ in range(repeats)]
     return min(map_times), min(forward_times)
 
 
 def run(args: argparse.Namespace) -> BenchResult:
     args = args.settings  # the validated SparseBenchConfig: its fields are the options' names
+    device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     torch.manual_seed(args.seed)
     with_spconv = spconv_available() and not args.no_spconv
     notes = []
     if not with_spconv:
         notes.append("spconv not installed (or --no-spconv): engine timings only")
-    model = build_backbone(BackboneConfig(name=args.network, in_channels=1, out_channels=64))
+    model = build_backbone(BackboneConfig(name=args.network, in_channels=1, out_channels=64)).to(device)
     reference = use_backend(copy.deepcopy(model), "spconv") if with_spconv else None
+    on_cpu = device.type == "cpu"
+    thread_counts = args.threads if on_cpu else [threads_before]  # CUDA kernels do not use torch's CPU threads
 
     rows, settings = [], []
-    data: dict = {"network": args.network, "voxels_per_scan": None, "repeats": args.repeats,
+    data: dict = {"network": args.network, "voxels_per_scan": None, "repeats": args.repeats, "device": str(device),
                   "parameters": sum(p.numel() for p in model.parameters())}
-    plan = [(t, b) for b in args.batch_sizes for t in args.threads]
+    plan = [(t, b) for b in args.batch_sizes for t in thread_counts]
     batches = {}
     try:
         for threads, batch_size in progress(plan, desc="bench sparse", unit="setting"):
@@ -214,21 +221,22 @@ def run(args: argparse.Namespace) -> BenchResult:
                 generator = torch.Generator().manual_seed(args.seed)
                 feats = torch.rand(coords.shape[0], 1, generator=generator)
                 probe = torch.randn(coords.shape[0], 64, generator=generator)
-                batches[batch_size] = (scans, coords, feats, probe)
+                batches[batch_size] = (scans, coords.to(device), feats.to(device), probe.to(device))
             scans, coords, feats, probe = batches[batch_size]
             data["voxels_per_scan"] = data["voxels_per_scan"] or [len(s) for s in scans]
             ours = _Step(model, coords, feats, probe)
-            theirs = _Step(reference, coords, feats, probe) if reference is not None and threads == 1 else None
+            spconv_here = reference is not None and (threads == 1 or not on_cpu)
+            theirs = _Step(reference, coords, feats, probe) if spconv_here else None
             ours()  # warm-up (first-touch allocations, lazy inits)
             if theirs is not None:
                 theirs()
             times_ours, times_theirs, cpu_ours, cpu_theirs = [], [], [], []
             for _ in range(args.repeats):  # alternate, so both see the same machine load
-                wall, cpu = _timed_both(ours)
+                wall, cpu = _timed_both(ours, device)
                 times_ours.append(wall)
                 cpu_ours.append(cpu)
                 if theirs is not None:
-                    wall, cpu = _timed_both(theirs)
+                    wall, cpu = _timed_both(theirs, device)
                     times_theirs.append(wall)
                     cpu_theirs.append(cpu)
             setting = {"threads": threads, "batch": batch_size, "voxels": int(coords.shape[0]),
@@ -240,13 +248,13 @@ def run(args: argparse.Namespace) -> BenchResult:
             if times_theirs:
                 setting["speedup_vs_spconv"] = setting["spconv_fwd_bwd_s"] / setting["slidr_fwd_bwd_s"]
                 setting["cpu_speedup_vs_spconv"] = setting["spconv_cpu_s"] / setting["slidr_cpu_s"]
-            if threads == 1:
-                setting["slidr_peak_mb"] = _peak_mb(ours)
+            if threads == 1 or not on_cpu:
+                setting["slidr_peak_mb"] = _peak_mb(ours, device)
                 if theirs is not None:
-                    setting["spconv_peak_mb"] = _peak_mb(theirs)
+                    setting["spconv_peak_mb"] = _peak_mb(theirs, device)
                     a, b = ours(), theirs()
                     setting["max_rel_err_vs_spconv"] = ((a - b).abs().max() / b.abs().max()).item()
-                map_s, forward_s = _map_and_forward_times(model, coords, feats, args.repeats)
+                map_s, forward_s = _map_and_forward_times(model, coords, feats, args.repeats, device)
                 setting.update(map_build_s=map_s, forward_s=forward_s, map_fraction_of_forward=map_s / forward_s)
             settings.append(setting)
             rows.append({key: setting.get(key) for key in (
@@ -256,7 +264,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     finally:
         torch.set_num_threads(threads_before)
 
-    headline = next((s for s in settings if s["threads"] == 1 and s["batch"] == 1), None)
+    headline = next((s for s in settings if s["threads"] == 1 and s["batch"] == 1), settings[0] if settings else None)
     for key in ("slidr_fwd_bwd_s", "spconv_fwd_bwd_s", "slidr_peak_mb", "max_rel_err_vs_spconv"):
         data[key] = headline.get(key) if headline else None
     data["settings"] = settings
@@ -264,5 +272,6 @@ def run(args: argparse.Namespace) -> BenchResult:
         import spconv
 
         data["spconv_version"] = getattr(spconv, "__version__", None)
-        notes.append("spconv is timed at 1 thread only: its CPU build gives wrong results with more threads")
+        if on_cpu:
+            notes.append("spconv is timed at 1 thread only: its CPU build gives wrong results with more threads")
     return BenchResult(rows=rows, data=data, notes=notes)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from slidr.bench import BenchResult
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, cpu_only_notes
 from slidr.cli.settings import CommandSettings, Flag
-from slidr.config import ConfigBase, SuperpixelConfig, at_least, setting, subkey
+from slidr.config import SuperpixelConfig, at_least, setting, subkey
 from slidr.errors import SlidrError
 
 NAME = "superpixels"
@@ -35,7 +35,7 @@ def default_realdata() -> Path:
 
 
 @dataclass(frozen=True)
-class SuperpixelBenchConfig(ConfigBase):
+class SuperpixelBenchConfig(DeviceSetting):
     """``slidr bench superpixels``: which images are segmented, how and how often."""
 
     images: Optional[str] = setting(
@@ -50,7 +50,7 @@ class SuperpixelBenchConfig(ConfigBase):
 
 SETTINGS = CommandSettings(SuperpixelBenchConfig, flags=[
     Flag("images"), Flag("superpixels.method", choices=("slic", "fh")), Flag("superpixels.n_segments"),
-    Flag("copies")])
+    Flag("copies"), DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             data.update(segments_min=report["segments_min"], segments_median=report["segments_median"],
                         segments_max=report["segments_max"])
     data["speedup_2_workers"] = round(data["images_per_s_2"] / data["images_per_s_1"], 3)
+    data["device"] = "cpu"
     notes = [f"{len(jobs)} images of {size}; projected hours are for nuScenes' {NUSCENES_CAMERA_IMAGES:,} camera "
              f"images on this machine; segments per image: {data['segments_min']}-{data['segments_max']}"]
+    notes += cpu_only_notes(cfg.device, "superpixels are computed by scikit-image in worker processes")
     return BenchResult(rows, data, notes)

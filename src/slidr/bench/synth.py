@@ -10,15 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from slidr.bench import DEVICE_FLAG, DeviceSetting, cpu_only_notes
 from slidr.cli.settings import CommandSettings, Flag, parse_size
-from slidr.config import ConfigBase, ConfigError, at_least, setting, subkey
+from slidr.config import ConfigError, at_least, setting, subkey
 
 NAME = "synth"
 HELP = "synthetic world: rays per second, seconds per keyframe, projected time of the default world"
 
 
 @dataclass(frozen=True)
-class SynthBenchConfig(ConfigBase):
+class SynthBenchConfig(DeviceSetting):
     """``slidr bench synth``: image size, repetitions, and whether the whole default world is generated."""
 
     image_size: list[int] = setting(factory=lambda: [800, 450], help="camera image size (width, height)")
@@ -37,7 +38,7 @@ class SynthBenchConfig(ConfigBase):
 
 SETTINGS = CommandSettings(SynthBenchConfig, flags=[
     Flag("image_size", metavar="WxH", parse=parse_size, help="camera image size (default 800x450)"),
-    Flag("repeats"), Flag("full"), Flag("workers")])
+    Flag("repeats"), Flag("full"), Flag("workers"), DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,9 +78,10 @@ def run(args: argparse.Namespace):
     start = time.perf_counter()
     cast_all()  # compiles on a cold numba cache
     first_call = time.perf_counter() - start
-    cast_seconds = time_call(cast_all, repeats=cfg.repeats)
+    cast_seconds = time_call(cast_all, repeats=cfg.repeats, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        frame_seconds = time_call(lambda: render_frame(Path(tmp), settings, conditions, 0), repeats=cfg.repeats)
+        frame_seconds = time_call(lambda: render_frame(Path(tmp), settings, conditions, 0), repeats=cfg.repeats,
+                                  device="cpu")
     threads = numba.get_num_threads()
     cores = os.cpu_count() or 1
     # frames are spread over processes of one thread each: about `cores` frames at a time, each one
@@ -95,8 +97,9 @@ def run(args: argparse.Namespace):
     data = {"image_size": list(image_size), "rays_per_frame": ray_count, "rays_per_second": ray_count / cast_seconds,
             "cast_seconds_per_frame": cast_seconds, "seconds_per_frame": frame_seconds, "numba_threads": threads,
             "cpu_count": cores, "first_call_seconds": first_call, "projected_default_world_seconds": projected,
-            "primitives": int(len(world.kinds))}
+            "primitives": int(len(world.kinds)), "device": "cpu"}
     notes = ["timings on a shared machine are noisy; ratios measured in one run are more reliable"]
+    notes += cpu_only_notes(cfg.device, "the synthetic world is ray-cast by numba kernels on the CPU")
     if cfg.full:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
