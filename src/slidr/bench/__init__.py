@@ -23,6 +23,8 @@ class BenchResult:
     rows: list[dict[str, Any]]
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # further tables printed after ``rows``, each under its title
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:

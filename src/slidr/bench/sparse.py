@@ -1,10 +1,19 @@
-"""``slidr bench sparse``: forward+backward of the SR-UNet, plain-PyTorch engine against spconv, side by side.
+"""``slidr bench sparse``: forward+backward of the SR-UNet, plain-PyTorch engine against spconv, side by side, and
+against the machine's own matrix-multiply speed.
 
 Same scans, same network, same weights, same upstream gradient; one training step = building the batch's
 coordinate levels and kernel maps (as every new batch does), forward, backward. spconv's CPU build is only
 correct with one thread, so it is timed at one thread only; the engine is timed at every requested thread count.
 Runs of the two backends alternate and the minimum over repeats is reported (the median too): on a shared
 machine the minimum is the least disturbed run.
+
+"% of peak" table: the multiply-adds of every layer are counted exactly from its kernel map (one ``Cin x Cout``
+product per pair; the backward does twice the forward's: input and weight gradients). Each layer is replayed
+alone (forward+backward on its recorded input) to time the layer types; the whole network row uses the training
+step's time (maps, batch norms and activations included). The ceiling is ``torch.mm`` measured in the same run at
+the same thread count on the layers' own shapes: the three products of each layer as dense matrices of the
+layer's site count, ``(N, Cin) x (Cin, Cout)``, its input-gradient and weight-gradient products, and the
+implicit-GEMM shapes ``(R, K*Cin) x (K*Cin, Cout)`` (R = min(N, 1024) rows per chunk); the faster of the two counts.
 
 Scans: by default lidar-like ring scans (64 beams over a ground plane and walls/objects of random range and
 height, range noise), voxelized cylindrically (0.1 m x 1 deg x 0.1 m) and cropped by range to ``--voxels`` sites;
@@ -18,15 +27,20 @@ import copy
 import ctypes
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from slidr.bench import BenchResult, peak_memory_mb
 from slidr.config import BackboneConfig
 from slidr.data.voxelize import voxelize
-from slidr.models.sparse import SparseTensor
+from slidr.errors import SlidrError
+from slidr.models.sparse import Conv3dDown, ConvTranspose3dUp, SparseTensor, SubmanifoldConv3d
+from slidr.models.sparse.conv import _SparseConvBase
 from slidr.models.sparse.spconv_backend import spconv_available, use_backend
 from slidr.models.unet import PRESETS, build_backbone
 from slidr.utils.progress import progress
@@ -47,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=Path, default=None, help="a lidar .bin file instead of synthetic scans")
     parser.add_argument("--dims", type=int, default=5, help="float32 values per point in --points (default 5)")
     parser.add_argument("--no-spconv", action="store_true", help="time the plain-PyTorch engine only")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when available)")
+    parser.add_argument("--no-peak", action="store_true", help="skip the %% of peak table")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -112,6 +128,26 @@ def batch_coords(scans: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(rows))
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto``, ``cpu`` or ``cuda[:N]`` as a device; a CUDA request without CUDA is refused in one line."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SlidrError(f"--device {name}: not a device name ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SlidrError(f"--device {name}: CUDA is not available (torch {torch.__version__}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise SlidrError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def _synchronize(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class _Step:
     """One training step of a model on fixed inputs with a fixed upstream gradient."""
 
@@ -125,10 +161,12 @@ class _Step:
         return out.detach()
 
 
-def _timed_both(fn) -> tuple[float, float]:
+def _timed_both(fn: Callable[[], Any], device: torch.device | None = None) -> tuple[float, float]:
     """Wall time and this process's CPU time of ``fn()`` (at one thread, CPU time is what others' load spares)."""
+    _synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
+    _synchronize(device)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -143,9 +181,11 @@ def _peak_mb(fn) -> float:
 
 
 def _map_and_forward_times(model: torch.nn.Module, coords: torch.Tensor, feats: torch.Tensor,
-                           repeats: int) -> tuple[float, float]:
-    """Minimum CPU time (one thread) to build every level and kernel map of a batch, and of a forward reusing
-    the built maps."""
+                           repeats: int, device: torch.device) -> tuple[float, float]:
+    """Minimum time (CPU time on CPU, wall time on CUDA) to build every level and kernel map of a batch, and of a
+    forward reusing the built maps."""
+    clock = 1 if device.type == "cpu" else 0
+
     def build_maps():
         cache = SparseTensor(coords, feats).cache
         for stride in (1, 2, 4, 8, 16):  # the U-Net's levels; each builds its stride-2 map on the way
@@ -158,25 +198,185 @@ def _map_and_forward_times(model: torch.nn.Module, coords: torch.Tensor, feats: 
     built = SparseTensor(coords, feats)
     with torch.no_grad():
         model(built)  # builds the maps once
-    map_times = [_timed_both(build_maps)[1] for _ in range(repeats)]
-    forward_times = [_timed_both(forward)[1] for _ in range(repeats)]
+    map_times = [_timed_both(build_maps, device)[clock] for _ in range(repeats)]
+    forward_times = [_timed_both(forward, device)[clock] for _ in range(repeats)]
     return min(map_times), min(forward_times)
 
 
+# ---------------------------------------------------------------------------------------------- % of peak
+
+LAYER_KINDS = ("submanifold", "point-wise", "strided", "transposed", "linear head")
+
+
+@dataclass
+class LayerRecord:
+    """One matrix-multiplying layer of a network as run on one batch.
+
+    ``multiply_adds`` are those of the forward (the backward does twice as many); ``rows_in``/``rows_out`` are
+    the input and output site counts and ``volume`` the kernel's number of offsets.
+    """
+
+    kind: str
+    module: nn.Module
+    inputs: Any  # SparseTensor (convolutions) or Tensor (the linear head)
+    multiply_adds: int
+    rows_in: int
+    rows_out: int
+    in_channels: int
+    out_channels: int
+    volume: int
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """Layer type of a module for the % of peak table, None for modules without matrix products."""
+    if isinstance(module, SubmanifoldConv3d):
+        return "point-wise" if module.kernel_size == 1 else "submanifold"
+    if isinstance(module, Conv3dDown):
+        return "strided"
+    if isinstance(module, ConvTranspose3dUp):
+        return "transposed"
+    if isinstance(module, nn.Linear):
+        return "linear head"
+    return None
+
+
+def record_layers(model: nn.Module, x: SparseTensor) -> list[LayerRecord]:
+    """Every sparse convolution and linear layer of ``model`` with its input and exact multiply-adds on ``x``."""
+    records: list[LayerRecord] = []
+
+    def hook(module: nn.Module, inputs: tuple, _output: Any) -> None:
+        kind = layer_kind(module)
+        value = inputs[0]
+        if isinstance(module, _SparseConvBase):
+            kernel_map = module.kernel_map(value)
+            records.append(LayerRecord(kind, module, value, module.multiply_adds(value), kernel_map.num_in,
+                                       kernel_map.num_out, module.in_channels, module.out_channels,
+                                       module.kernel_size**3))
+        else:
+            rows = value.reshape(-1, value.shape[-1]).shape[0]
+            records.append(LayerRecord(kind, module, value, rows * module.in_features * module.out_features, rows,
+                                       rows, module.in_features, module.out_features, 1))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if layer_kind(m) is not None]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return records
+
+
+def _replay(records: list[LayerRecord], seed: int) -> Callable[[], None]:
+    """Forward+backward of each recorded layer alone, on its recorded input, with a fixed upstream gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    prepared = []
+    for record in records:
+        if isinstance(record.inputs, SparseTensor):
+            x = record.inputs
+            feats = x.feats.detach().clone()
+            grad = torch.randn(record.rows_out, record.out_channels, generator=generator).to(feats.device)
+            prepared.append((record.module, x, feats, grad))
+        else:
+            feats = record.inputs.detach().clone()
+            grad = torch.randn(*feats.shape[:-1], record.out_channels, generator=generator).to(feats.device)
+            prepared.append((record.module, None, feats, grad))
+
+    def run() -> None:
+        for module, x, feats, grad in prepared:
+            module.zero_grad(set_to_none=True)
+            leaf = feats.requires_grad_(True)
+            out = module(x.replace(leaf)) if x is not None else module(leaf)
+            (out.feats if isinstance(out, SparseTensor) else out).backward(grad)
+            feats.grad = None
+
+    return run
+
+
+class MatmulCeiling:
+    """``torch.mm`` speed on given shapes, measured once per shape (minimum over repeats) on one device."""
+
+    def __init__(self, device: torch.device, repeats: int = 3):
+        self.device, self.repeats = device, repeats
+        self.rates: dict[tuple[int, int, int, bool], float] = {}
+
+    def rate(self, m: int, k: int, n: int, transposed_a: bool = False) -> float:
+        """FLOP/s of ``(m, k) @ (k, n)``; ``transposed_a``: the left operand is a (k, m) matrix's transpose (the
+        weight gradient's ``feats.t() @ grad``)."""
+        key = (m, k, n, transposed_a)
+        if key not in self.rates:
+            left = torch.randn(k, m, device=self.device).t() if transposed_a else torch.randn(m, k, device=self.device)
+            right = torch.randn(k, n, device=self.device)
+            out = torch.empty(m, n, device=self.device)
+            times = []
+            for _ in range(self.repeats + 1):
+                wall = _timed_both(lambda: torch.mm(left, right, out=out), self.device)[0]
+                times.append(wall)
+            self.rates[key] = 2.0 * m * k * n / max(min(times[1:]), 1e-9)
+        return self.rates[key]
+
+    def seconds(self, record: LayerRecord) -> float:
+        """Time dense matrix products would need for the layer's forward+backward multiply-adds at the best of
+        the layer's own shapes (per-offset or implicit-GEMM)."""
+        flops = 2.0 * record.multiply_adds  # each of forward, input gradient, weight gradient
+        cin, cout, volume = record.in_channels, record.out_channels, record.volume
+        rows = min(record.rows_out, 1024)
+        forward = max(self.rate(record.rows_out, cin, cout), self.rate(rows, volume * cin, cout))
+        input_grad = max(self.rate(record.rows_in, cout, cin), self.rate(rows, volume * cout, cin))
+        weight_grad = max(self.rate(cin, record.rows_out, cout, True), self.rate(volume * cin, rows, cout, True))
+        return flops / forward + flops / input_grad + flops / weight_grad
+
+
+def peak_table(model: nn.Module, coords: torch.Tensor, feats: torch.Tensor, step_seconds: float, threads: int,
+               repeats: int, device: torch.device, seed: int = 0) -> list[dict]:
+    """Rows of the % of peak table: per layer type, all layers together, and the whole training step."""
+    records = record_layers(model, SparseTensor(coords, feats))
+    ceiling = MatmulCeiling(device)
+    rows = []
+
+    def row(name: str, count: int, multiply_adds: int, seconds: float, ceiling_seconds: float) -> dict:
+        work = 3 * multiply_adds  # forward + input gradient + weight gradient
+        return {"threads": threads, "layers": name, "count": count, "gmac_fwd_bwd": work / 1e9,
+                "seconds": seconds, "gflop_s": 2 * work / seconds / 1e9,
+                "ceiling_gflop_s": 2 * work / ceiling_seconds / 1e9, "pct_of_peak": 100 * ceiling_seconds / seconds}
+
+    total_seconds = total_ceiling = 0.0
+    for kind in LAYER_KINDS:
+        chosen = [r for r in records if r.kind == kind]
+        if not chosen:
+            continue
+        replay = _replay(chosen, seed)
+        replay()  # warm-up
+        seconds = min(_timed_both(replay, device)[0] for _ in range(repeats))
+        ceiling_seconds = sum(ceiling.seconds(r) for r in chosen)
+        rows.append(row(kind, len(chosen), sum(r.multiply_adds for r in chosen), seconds, ceiling_seconds))
+        total_seconds += seconds
+        total_ceiling += ceiling_seconds
+    everything = sum(r.multiply_adds for r in records)
+    rows.append(row("all layers (replayed)", len(records), everything, total_seconds, total_ceiling))
+    rows.append(row("whole step", len(records), everything, step_seconds, total_ceiling))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- run
+
 def run(args: argparse.Namespace) -> BenchResult:
+    device = resolve_device(args.device)
     threads_before = torch.get_num_threads()
     torch.manual_seed(args.seed)
     with_spconv = spconv_available() and not args.no_spconv
     notes = []
     if not with_spconv:
         notes.append("spconv not installed (or --no-spconv): engine timings only")
-    model = build_backbone(BackboneConfig(name=args.network, in_channels=1, out_channels=64))
+    model = build_backbone(BackboneConfig(name=args.network, in_channels=1, out_channels=64)).to(device)
     reference = use_backend(copy.deepcopy(model), "spconv") if with_spconv else None
+    on_cpu = device.type == "cpu"
+    thread_counts = args.threads if on_cpu else [threads_before]  # CUDA kernels do not use torch's CPU threads
 
-    rows, settings = [], []
-    data: dict = {"network": args.network, "voxels_per_scan": None, "repeats": args.repeats,
+    rows, settings, peak_rows = [], [], []
+    data: dict = {"network": args.network, "voxels_per_scan": None, "repeats": args.repeats, "device": str(device),
                   "parameters": sum(p.numel() for p in model.parameters())}
-    plan = [(t, b) for b in args.batch_sizes for t in args.threads]
+    plan = [(t, b) for b in args.batch_sizes for t in thread_counts]
     batches = {}
     try:
         for threads, batch_size in progress(plan, desc="bench sparse", unit="setting"):
@@ -187,21 +387,22 @@ def run(args: argparse.Namespace) -> BenchResult:
                 generator = torch.Generator().manual_seed(args.seed)
                 feats = torch.rand(coords.shape[0], 1, generator=generator)
                 probe = torch.randn(coords.shape[0], 64, generator=generator)
-                batches[batch_size] = (scans, coords, feats, probe)
+                batches[batch_size] = (scans, coords.to(device), feats.to(device), probe.to(device))
             scans, coords, feats, probe = batches[batch_size]
             data["voxels_per_scan"] = data["voxels_per_scan"] or [len(s) for s in scans]
             ours = _Step(model, coords, feats, probe)
-            theirs = _Step(reference, coords, feats, probe) if reference is not None and threads == 1 else None
+            spconv_here = reference is not None and (threads == 1 or not on_cpu)
+            theirs = _Step(reference, coords, feats, probe) if spconv_here else None
             ours()  # warm-up (first-touch allocations, lazy inits)
             if theirs is not None:
                 theirs()
             times_ours, times_theirs, cpu_ours, cpu_theirs = [], [], [], []
             for _ in range(args.repeats):  # alternate, so both see the same machine load
-                wall, cpu = _timed_both(ours)
+                wall, cpu = _timed_both(ours, device)
                 times_ours.append(wall)
                 cpu_ours.append(cpu)
                 if theirs is not None:
-                    wall, cpu = _timed_both(theirs)
+                    wall, cpu = _timed_both(theirs, device)
                     times_theirs.append(wall)
                     cpu_theirs.append(cpu)
             setting = {"threads": threads, "batch": batch_size, "voxels": int(coords.shape[0]),
@@ -213,14 +414,17 @@ def run(args: argparse.Namespace) -> BenchResult:
             if times_theirs:
                 setting["speedup_vs_spconv"] = setting["spconv_fwd_bwd_s"] / setting["slidr_fwd_bwd_s"]
                 setting["cpu_speedup_vs_spconv"] = setting["spconv_cpu_s"] / setting["slidr_cpu_s"]
-            if threads == 1:
+            if threads == 1 or not on_cpu:
                 setting["slidr_peak_mb"] = _peak_mb(ours)
                 if theirs is not None:
                     setting["spconv_peak_mb"] = _peak_mb(theirs)
                     a, b = ours(), theirs()
                     setting["max_rel_err_vs_spconv"] = ((a - b).abs().max() / b.abs().max()).item()
-                map_s, forward_s = _map_and_forward_times(model, coords, feats, args.repeats)
+                map_s, forward_s = _map_and_forward_times(model, coords, feats, args.repeats, device)
                 setting.update(map_build_s=map_s, forward_s=forward_s, map_fraction_of_forward=map_s / forward_s)
+            if not args.no_peak and batch_size == args.batch_sizes[0]:
+                peak_rows += peak_table(model, coords, feats, setting["slidr_fwd_bwd_s"], threads, args.repeats,
+                                        device, args.seed)
             settings.append(setting)
             rows.append({key: setting.get(key) for key in (
                 "threads", "batch", "voxels", "slidr_fwd_bwd_s", "spconv_fwd_bwd_s", "speedup_vs_spconv",
@@ -229,13 +433,23 @@ def run(args: argparse.Namespace) -> BenchResult:
     finally:
         torch.set_num_threads(threads_before)
 
-    headline = next((s for s in settings if s["threads"] == 1 and s["batch"] == 1), None)
+    headline = next((s for s in settings if s["threads"] == 1 and s["batch"] == 1), settings[0] if settings else None)
     for key in ("slidr_fwd_bwd_s", "spconv_fwd_bwd_s", "slidr_peak_mb", "max_rel_err_vs_spconv"):
         data[key] = headline.get(key) if headline else None
     data["settings"] = settings
+    tables = {}
+    if peak_rows:
+        data["peak"] = peak_rows
+        first = args.batch_sizes[0]
+        tables[f"% of peak (batch {first}; ceiling: torch.mm on the layers' own shapes, same run and threads)"] = [
+            {key: row[key] for key in ("threads", "layers", "count", "gmac_fwd_bwd", "seconds", "gflop_s",
+                                       "ceiling_gflop_s", "pct_of_peak")} for row in peak_rows]
+        notes.append("% of peak: layer types replayed one layer at a time; 'whole step' is the training step's time "
+                     "(maps, batch norms, activations included) against the layers' ceiling")
     if with_spconv:
         import spconv
 
         data["spconv_version"] = getattr(spconv, "__version__", None)
-        notes.append("spconv is timed at 1 thread only: its CPU build gives wrong results with more threads")
-    return BenchResult(rows=rows, data=data, notes=notes)
+        if on_cpu:
+            notes.append("spconv is timed at 1 thread only: its CPU build gives wrong results with more threads")
+    return BenchResult(rows=rows, data=data, notes=notes, tables=tables)

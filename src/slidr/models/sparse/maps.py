@@ -9,8 +9,8 @@ A :class:`KernelMap` lists, for every kernel offset, which input row contributes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
@@ -112,6 +112,12 @@ class KernelMap:
     identity_kernel : int or None
         A kernel index applied to every site as ``out = in @ weight[k]`` without gathering (the centre of a
         submanifold convolution; input and output sites coincide).
+    in_unique, out_unique : bool
+        Every input (output) row occurs in exactly one pair: its gradient (value) is written once, not
+        accumulated (the fine side of a stride-2 map).
+    plans : dict
+        Chunk plans of :mod:`slidr.models.sparse.conv`, built on first use and kept with the map, so the
+        forward and backward of every layer sharing the map reuse them.
     """
 
     in_index: torch.Tensor
@@ -123,6 +129,20 @@ class KernelMap:
     num_in: int
     num_out: int
     identity_kernel: Optional[int] = None
+    in_unique: bool = False
+    out_unique: bool = False
+    plans: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_pairs(self) -> int:
+        """Number of gathered pairs (the identity kernel's sites not included)."""
+        return sum(self.group_sizes)
+
+    def multiply_adds(self, in_channels: int, out_channels: int) -> int:
+        """Multiply-adds of one forward convolution with this map: one ``Cin x Cout`` product per pair and per
+        site of the identity kernel. Its backward does twice as many (input gradient and weight gradient)."""
+        identity = self.num_out if self.identity_kernel is not None else 0
+        return (self.num_pairs + identity) * in_channels * out_channels
 
     def transposed(self) -> "KernelMap":
         """The map of the transposed convolution: the same pairs with input and output swapped."""
@@ -136,6 +156,8 @@ class KernelMap:
             num_in=self.num_out,
             num_out=self.num_in,
             identity_kernel=self.identity_kernel,
+            in_unique=self.out_unique,
+            out_unique=self.in_unique,
         )
 
 
@@ -266,5 +288,6 @@ def downsample_map(coords: torch.Tensor, coarse_packing: KeyPacking) -> tuple[to
         group_sizes=sizes,
         num_in=coords.shape[0],
         num_out=coarse_keys.shape[0],
+        in_unique=True,
     )
     return coarse_packing.unpack(coarse_keys), coarse_keys, kernel_map
