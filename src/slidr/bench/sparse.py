@@ -11,9 +11,9 @@ machine the minimum is the least disturbed run.
 product per pair; the backward does twice the forward's: input and weight gradients). Each layer is replayed
 alone (forward+backward on its recorded input) to time the layer types; the whole network row uses the training
 step's time (maps, batch norms and activations included). The ceiling is ``torch.mm`` measured in the same run at
-the same thread count on the layers' own shapes: the three products of each layer as dense matrices of the
-layer's site count, ``(N, Cin) x (Cin, Cout)``, its input-gradient and weight-gradient products, and the
-implicit-GEMM shapes ``(R, K*Cin) x (K*Cin, Cout)`` (R = min(N, 1024) rows per chunk); the faster of the two counts.
+the same thread count on the layers' own shapes: the three products of each layer (forward, input gradient,
+weight gradient) as dense ``(R, Cin) x (Cin, Cout)`` products of cache-sized row blocks (R = min(N, 2048)) and in
+the implicit-GEMM shapes ``(R', K*Cin) x (K*Cin, Cout)`` (R' = min(N, 256)); the faster of the two counts.
 
 Scans: by default lidar-like ring scans (64 beams over a ground plane and walls/objects of random range and
 height, range noise), voxelized cylindrically (0.1 m x 1 deg x 0.1 m) and cropped by range to ``--voxels`` sites;
@@ -293,6 +293,11 @@ def _replay(records: list[LayerRecord], seed: int) -> Callable[[], None]:
     return run
 
 
+# Rows of the ceiling's operands: per-offset products and implicit-GEMM products (see MatmulCeiling.seconds).
+DENSE_ROWS = 2048
+IMPLICIT_ROWS = 256
+
+
 class MatmulCeiling:
     """``torch.mm`` speed on given shapes, measured once per shape (minimum over repeats) on one device."""
 
@@ -316,14 +321,18 @@ class MatmulCeiling:
         return self.rates[key]
 
     def seconds(self, record: LayerRecord) -> float:
-        """Time dense matrix products would need for the layer's forward+backward multiply-adds at the best of
-        the layer's own shapes (per-offset or implicit-GEMM)."""
+        """Time dense matrix products would need for the layer's forward+backward multiply-adds, at the best of the
+        layer's own shapes with operands sized to stay in cache (an implementation chunks its rows anyway; with all
+        of a 30,000-site level in one operand ``torch.mm`` is limited by memory bandwidth on a shared machine):
+        per-offset ``(R, Cin) x (Cin, Cout)`` with R = min(N, 2048), or implicit-GEMM ``(R', K*Cin) x (K*Cin, Cout)``
+        with R' = min(N, 256); likewise for the input-gradient and weight-gradient products."""
         flops = 2.0 * record.multiply_adds  # each of forward, input gradient, weight gradient
         cin, cout, volume = record.in_channels, record.out_channels, record.volume
-        rows = min(record.rows_out, 1024)
-        forward = max(self.rate(record.rows_out, cin, cout), self.rate(rows, volume * cin, cout))
-        input_grad = max(self.rate(record.rows_in, cout, cin), self.rate(rows, volume * cout, cin))
-        weight_grad = max(self.rate(cin, record.rows_out, cout, True), self.rate(volume * cin, rows, cout, True))
+        rows_in, rows_out = min(record.rows_in, DENSE_ROWS), min(record.rows_out, DENSE_ROWS)
+        rows = min(record.rows_out, IMPLICIT_ROWS)
+        forward = max(self.rate(rows_out, cin, cout), self.rate(rows, volume * cin, cout))
+        input_grad = max(self.rate(rows_in, cout, cin), self.rate(rows, volume * cout, cin))
+        weight_grad = max(self.rate(cin, rows_out, cout, True), self.rate(volume * cin, rows, cout, True))
         return flops / forward + flops / input_grad + flops / weight_grad
 
 
