@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -462,6 +463,11 @@ def run(args: argparse.Namespace) -> BenchResult:
         notes.append("% of peak: layer types replayed one layer at a time; 'whole step' is the training step's time "
                      "(maps, batch norms, activations included) against the layers' ceiling; seconds are CPU time at "
                      "1 CPU thread, wall time otherwise")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if on_cpu and max(thread_counts) > 1 and load > (os.cpu_count() or 1):
+        notes.append(f"load average {load:.1f} on {os.cpu_count()} cores: OpenMP threads wait for descheduled partners "
+                     f"(measured here: a 2-thread step 20x slower than 1 thread with OpenMP's default spinning, 1.5x "
+                     f"with OMP_WAIT_POLICY=PASSIVE set before starting; now {os.environ.get('OMP_WAIT_POLICY')})")
     if with_spconv:
         import spconv
 
