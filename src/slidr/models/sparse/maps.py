@@ -44,19 +44,19 @@ class KeyPacking:
     @staticmethod
     def covering(low: list[int], high: list[int], batch_size: int) -> "KeyPacking":
         """Packing for coordinates within ``[low, high]`` (inclusive, per axis) and ``batch_size`` scans."""
-        extent = tuple(int(h - l + 3) for l, h in zip(low, high))
+        extent = tuple(int(hi - lo + 3) for lo, hi in zip(low, high))
         total = batch_size * extent[0] * extent[1] * extent[2]
         if total >= _MAX_KEY:
             raise SlidrError(
-                f"sparse coordinates span {[h - l + 1 for l, h in zip(low, high)]} cells in {batch_size} scans: "
+                f"sparse coordinates span {[hi - lo + 1 for lo, hi in zip(low, high)]} cells in {batch_size} scans: "
                 "too large to hash into 64-bit keys; use a larger voxel size"
             )
         return KeyPacking(tuple(int(v) for v in low), extent, int(batch_size))
 
     def coarser(self) -> "KeyPacking":
         """Packing of the level whose coordinates are ``floor(c / 2)`` of this one's."""
-        low = [l // 2 for l in self.low]
-        high = [(l + e - 3) // 2 for l, e in zip(self.low, self.extent)]
+        low = [lo // 2 for lo in self.low]
+        high = [(lo + e - 3) // 2 for lo, e in zip(self.low, self.extent)]
         return KeyPacking.covering(low, high, self.batch_size)
 
     def pack(self, coords: torch.Tensor) -> torch.Tensor:
@@ -174,7 +174,7 @@ def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
     """
     r = (kernel_size - 1) // 2
     span = range(kernel_size)
-    return [(i - r, j - r, l - r) for i in span for j in span for l in span]
+    return [(i - r, j - r, k - r) for i in span for j in span for k in span]
 
 
 def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 3,
