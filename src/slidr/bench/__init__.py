@@ -43,6 +43,8 @@ class BenchResult:
     rows: list[dict[str, Any]]
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    # further tables printed after ``rows``, each under its title
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

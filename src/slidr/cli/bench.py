@@ -39,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = args._bench.run(args)
     print(format_table(result.rows))
+    for title, table in result.tables.items():
+        print(f"\n{title}")
+        print(format_table(table))
     for note in result.notes:
         print(f"note: {note}")
     if args.json:
