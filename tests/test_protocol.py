@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from reference import slidr_release as release
+
 from slidr.config import (
     AugmentConfig,
     BackboneConfig,
@@ -189,6 +189,27 @@ def test_batch_norm_momenta_are_the_releases():
     assert len(found["block"]) == 46 and len(found["shortcut"]) == 7 and len(found["outside"]) == 9
 
 
+def test_initial_weights_have_minkowski_engines_bounds():
+    from slidr.models.sparse import ConvTranspose3dUp, SubmanifoldConv3d
+    from slidr.models.unet import build_backbone
+
+    torch.manual_seed(0)
+    model = build_backbone(BackboneConfig())
+    widths = []
+    for module in model.modules():
+        if isinstance(module, (ConvTranspose3dUp, SubmanifoldConv3d)):
+            volume, cin, cout = module.weight.shape
+            bound = release.minkowski_init_bound(cin, cout, volume, isinstance(module, ConvTranspose3dUp))
+            largest = float(module.weight.detach().abs().max())
+            assert bound * 0.95 < largest <= bound, (module, largest, bound)
+            if isinstance(module, ConvTranspose3dUp):
+                widths.append((cin, cout))
+    assert widths == [(256, 256), (256, 128), (128, 96), (96, 96)]
+    old = build_backbone(BackboneConfig(transposed_init_fan="in"))
+    conv = old.up[1][0]
+    assert float(conv.weight.detach().abs().max()) <= 1 / math.sqrt(8 * 256) < 1 / math.sqrt(8 * 128)
+
+
 # --- schedules -----------------------------------------------------------------------------------------------------
 
 
@@ -265,6 +286,7 @@ def test_paper_configs_carry_the_releases_values():
         cfg = load_config(PretrainConfig, f"pretrain/{name}")
         assert cfg.data.train_split == "parametrizing" and cfg.data.point_features == "release", name
         assert cfg.trainer.drop_last and cfg.backbone.block_bn_momentum == 0.1, name
+        assert cfg.backbone.transposed_init_fan == "out", name
     assert load_config(PretrainConfig, "pretrain/ppkt_minkunet").trainer.batch_size == 4
     assert {n: load_config(PretrainConfig, f"pretrain/slidr_{n}").data.superpixels.n_segments
             for n in ("slic100", "slic200")} == {"slic100": 100, "slic200": 200}
@@ -296,7 +318,9 @@ def test_demo_configs_keep_their_behaviour():
         cfg = load_config(PretrainConfig, name)
         assert cfg.data.point_features == "unit" and cfg.data.augment == TEXT_VARIANT, name
         assert cfg.backbone.block_bn_momentum == cfg.backbone.bn_momentum == 0.05, name
+        assert cfg.backbone.transposed_init_fan == "in", name
         assert not cfg.trainer.drop_last, name
     probe = load_config(DownstreamConfig, "downstream/probe_demo_cpu")
     assert probe.standardize_features and probe.cache_features and not probe.data.augment.enabled
     assert probe.data.point_features == "unit" and probe.trainer.epochs == 50
+    assert probe.backbone.transposed_init_fan == "in"  # the random-init probe's network

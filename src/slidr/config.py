@@ -201,6 +201,9 @@ class BackboneConfig(ConfigBase):
     out_channels: int = 64
     bn_momentum: float = 0.05  # every batch norm outside the residual blocks' two (and the blocks' shortcuts)
     block_bn_momentum: float = 0.1  # the two batch norms of each residual block (the release's BasicBlock default)
+    # initial weights of the transposed convolutions: uniform in +-1/sqrt(8 * fan), fan = output channels as
+    # MinkowskiEngine's (the release) or input channels (slidr 0.1)
+    transposed_init_fan: Literal["out", "in"] = "out"
     normalize_output: bool = True
     backend: Literal["torch", "spconv"] = "torch"
 

@@ -97,3 +97,10 @@ def res16unet_batch_norm_momenta(bn_momentum: float, blocks: tuple[int, ...] = (
             layers["shortcut"].append(bn_momentum)
         layers["block"] += [0.1, 0.1] * count
     return layers
+
+
+def minkowski_init_bound(in_channels: int, out_channels: int, kernel_volume: int, transposed: bool) -> float:
+    """MinkowskiEngine's ``MinkowskiConvolutionBase.reset_parameters(is_transpose)``, which the release's
+    ``conv`` / ``conv_tr`` layers use: weights uniform in +-1/sqrt(n), n = (out_channels if is_transpose else
+    in_channels) * kernel_volume; ``MinkowskiConvolutionTranspose`` calls it with is_transpose=True."""
+    return 1.0 / math.sqrt((out_channels if transposed else in_channels) * kernel_volume)

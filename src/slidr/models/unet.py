@@ -8,6 +8,7 @@ maps the last 96 channels to the output size, optionally L2-normalised.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,10 +103,15 @@ class SRUNet(nn.Module):
         L2-normalise each output vector.
     block_bn_momentum : float
         Momentum of the two batch norms of every residual block (the release: 0.1, see :class:`BasicBlock`).
+    transposed_init_fan : {"out", "in"}
+        Initial weights of the transposed convolutions, uniform in ``±1 / sqrt(8 * fan)``: ``"out"`` takes the
+        output channels as MinkowskiEngine's transposed convolutions do (the release), ``"in"`` the input channels
+        like every other convolution (slidr 0.1). They differ where the width changes (256 -> 128, 128 -> 96).
     """
 
     def __init__(self, preset: UNetPreset, in_channels: int, out_channels: int, bn_momentum: float = 0.05,
-                 normalize_output: bool = False, block_bn_momentum: float = 0.1):
+                 normalize_output: bool = False, block_bn_momentum: float = 0.1,
+                 transposed_init_fan: str = "out"):
         super().__init__()
         p, n, m, mb = preset.planes, preset.blocks, bn_momentum, block_bn_momentum
         self.normalize_output = normalize_output
@@ -121,6 +127,13 @@ class SRUNet(nn.Module):
         self.up = nn.ModuleList(
             _ConvBNReLU(ConvTranspose3dUp(c, planes), planes, m) for c, planes in zip(decoder_in, p[4:])
         )
+        if transposed_init_fan == "out":
+            for block in self.up:
+                conv = block[0]
+                bound = 1.0 / math.sqrt(conv.weight.shape[0] * conv.out_channels)
+                nn.init.uniform_(conv.weight, -bound, bound)
+        elif transposed_init_fan != "in":
+            raise ValueError(f"transposed_init_fan must be 'out' or 'in', got {transposed_init_fan!r}")
         self.decoder = nn.ModuleList(
             _stage(planes + skip, planes, blocks, m, mb) for planes, skip, blocks in zip(p[4:], skips, n[4:])
         )
@@ -149,7 +162,7 @@ class SRUNet(nn.Module):
 def _unet_constructor(preset: UNetPreset) -> Callable[[BackboneConfig], SRUNet]:
     def build(cfg: BackboneConfig) -> SRUNet:
         return SRUNet(preset, cfg.in_channels, cfg.out_channels, cfg.bn_momentum, cfg.normalize_output,
-                      cfg.block_bn_momentum)
+                      cfg.block_bn_momentum, cfg.transposed_init_fan)
 
     return build
 
