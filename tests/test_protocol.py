@@ -165,6 +165,17 @@ def test_downstream_refuses_a_network_trained_on_other_features(tmp_path):
     assert info["loaded"]
 
 
+def test_exported_configs_of_slidr_01_say_unit_features():
+    from slidr.config import exported_pretrain_config, to_dict
+
+    recorded = to_dict(load_config(PretrainConfig, "pretrain/demo_cpu"))
+    assert exported_pretrain_config(recorded) == load_config(PretrainConfig, "pretrain/demo_cpu")
+    recorded = to_dict(load_config(PretrainConfig, "pretrain/slidr_minkunet"))
+    assert exported_pretrain_config(recorded).data.point_features == "release"
+    del recorded["data"]["point_features"]  # a file written by slidr 0.1
+    assert exported_pretrain_config(recorded).data.point_features == "unit"
+
+
 # --- network -------------------------------------------------------------------------------------------------------
 
 

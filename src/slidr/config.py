@@ -774,6 +774,22 @@ def with_changes(config: T, changes: Mapping[str, Any]) -> T:
     return dataclasses.replace(config, **direct)  # type: ignore[type-var]
 
 
+UNRECORDED_POINT_FEATURES = "unit"  # what files of slidr 0.1 (no data.point_features in their config) were trained on
+
+
+def exported_pretrain_config(config: Mapping[str, Any], where: str = "config") -> PretrainConfig:
+    """The :class:`PretrainConfig` recorded in an exported pretraining file (``pretrained.pt``'s ``config``).
+
+    Files of slidr 0.1 do not record ``data.point_features``; their networks were trained on ``unit`` features,
+    which this config then says (so that analyses feed the network what it was trained on).
+    """
+    cfg = from_dict(PretrainConfig, dict(config), where=where)
+    data = config.get("data")
+    if isinstance(data, Mapping) and "point_features" not in data:
+        cfg = with_changes(cfg, {"data.point_features": UNRECORDED_POINT_FEATURES})
+    return cfg
+
+
 def to_dict(config: Any) -> dict:
     """Plain-data form of a config (what ``save_config`` writes)."""
     return dataclasses.asdict(config)

@@ -50,7 +50,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidr.config import DownstreamConfig, to_dict
+from slidr.config import UNRECORDED_POINT_FEATURES, DownstreamConfig, to_dict
 from slidr.data.classes import class_names
 from slidr.engine.checkpoint import export_pretrained, load_backbone, save_atomic
 from slidr.engine.data import evaluation_loader, ordered_loader, replayable_loader
@@ -131,7 +131,7 @@ def check_point_features(weights: str | Path, pretrained_config: Optional[dict],
     """
     if not isinstance(pretrained_config, dict) or not isinstance(pretrained_config.get("data"), dict):
         return
-    trained = pretrained_config["data"].get("point_features", "unit")
+    trained = pretrained_config["data"].get("point_features", UNRECORDED_POINT_FEATURES)
     if trained != convention:
         raise SlidrError(f"{weights} was trained on data.point_features={trained!r} input features, this run "
                          f"feeds {convention!r}; set data.point_features={trained}")
