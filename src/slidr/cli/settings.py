@@ -205,7 +205,7 @@ class CommandSettings:
                                   f"{given[override.key]}", key=override.key)
         fixed = [Override(key, value, f"slidr {args.command}") for key, value in self.fixed.items()]
         try:
-            settings = load_config(self.cls, path, [*overrides, *flagged, *fixed])
+            settings: Any = load_config(self.cls, path, [*overrides, *flagged, *fixed])
             return self.finalize(settings) if self.finalize is not None else settings
         except ConfigError as error:
             flag = next((f for f in self.flags if error.key == f.key), None)

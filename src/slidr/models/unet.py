@@ -124,16 +124,14 @@ class SRUNet(nn.Module):
         )
         decoder_in = (p[3], p[4], p[5], p[6])
         skips = (p[2], p[1], p[0], preset.stem)
-        self.up = nn.ModuleList(
-            _ConvBNReLU(ConvTranspose3dUp(c, planes), planes, m) for c, planes in zip(decoder_in, p[4:])
-        )
-        if transposed_init_fan == "out":
-            for block in self.up:
-                conv = block[0]
+        if transposed_init_fan not in ("out", "in"):
+            raise ValueError(f"transposed_init_fan must be 'out' or 'in', got {transposed_init_fan!r}")
+        transposed = [ConvTranspose3dUp(c, planes) for c, planes in zip(decoder_in, p[4:])]
+        if transposed_init_fan == "out":  # MinkowskiEngine's bound for transposed convolutions
+            for conv in transposed:
                 bound = 1.0 / math.sqrt(conv.weight.shape[0] * conv.out_channels)
                 nn.init.uniform_(conv.weight, -bound, bound)
-        elif transposed_init_fan != "in":
-            raise ValueError(f"transposed_init_fan must be 'out' or 'in', got {transposed_init_fan!r}")
+        self.up = nn.ModuleList(_ConvBNReLU(conv, planes, m) for conv, planes in zip(transposed, p[4:]))
         self.decoder = nn.ModuleList(
             _stage(planes + skip, planes, blocks, m, mb) for planes, skip, blocks in zip(p[4:], skips, n[4:])
         )
