@@ -45,6 +45,11 @@ def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):
     assert set(written["linear_probe"]["random"]["per_class"]) == set(NUSCENES_CLASSES)
     assert written["wall_s"] == results["wall_s"] >= 0
     assert "randomly initialised" in written["teacher"]["weights"]
+    # the demo says which probe options it uses (not the paper's protocol, which probe_nuscenes.yaml follows)
+    assert written["probe_protocol"] == ("no augmentation, frozen features cached; features standardised before the "
+                                         "linear layer; unit input features (not the paper's probe protocol: "
+                                         "downstream/probe_nuscenes.yaml)")
+    assert "features standardised" in (tmp_path / "out" / "linear_probe.md").read_text()
     # pretraining and probe training on the training split, scores on the evaluation split only
     assert ("pretrain", "slidr", str(index), "train", 1) in calls
     probes = [c for c in calls if c[0] == "probe"]
@@ -55,6 +60,10 @@ def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):
         assert (tmp_path / "out" / name).stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| SLidR | 100.0 |" in printed and str((tmp_path / "out").resolve()) in printed
+    assert f"linear probing: {written['probe_protocol']}" in printed
+    paper = load_config(demo.DownstreamConfig, "downstream/probe_nuscenes")
+    assert demo.probe_protocol(paper) == ("training scans augmented (rotation, flips); raw features; release input "
+                                          "features")
 
 
 def test_a_world_generated_with_other_settings_is_not_reused(tmp_path):

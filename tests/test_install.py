@@ -66,4 +66,4 @@ def test_non_editable_install_runs_the_demo_and_resolves_every_packaged_config(t
                 "--print-config").stdout
     assert "lr: 0.5" in paper and "n_segments: 150" in paper
     assert "slidr_minkunet.yaml" in run(sys.executable, slidr, "configs", "--check").stdout
-    assert run(sys.executable, "-c", CHECK_PACKAGED, str(target)).stdout.startswith("12 ")
+    assert run(sys.executable, "-c", CHECK_PACKAGED, str(target)).stdout.startswith("20 ")

@@ -107,24 +107,39 @@ class VoxelConfig(ConfigBase):
 
 @dataclass(frozen=True)
 class AugmentConfig(ConfigBase):
-    """Paired point-cloud and image augmentations (supplementary B). ``enabled: false`` gives validation mode."""
+    """Paired point-cloud and image augmentations (supplementary B). ``enabled: false`` gives validation mode.
+
+    Defaults follow the authors' release (``utils/transforms.py``), which produced the paper's numbers:
+
+    - DropCuboids: one cuboid centred on a random point, each side ``u * cuboid_max_fraction`` of that axis' range
+      (one ``u`` uniform in [0, 1) for all axes; release 20%, the supplement's text 10%); refused, and then nothing
+      is dropped, when any camera would keep fewer than ``min_pairs`` pairs (``cuboid_rule: per_camera``), after
+      ``cuboid_tries`` draws (release: one). ``cuboid_rule: total`` counts the pairs of all cameras together
+      (slidr 0.1's rule; with ``cuboid_max_fraction: 0.1`` and ``cuboid_tries: 10``, the text's variant).
+    - ResizedCrop: a crop is accepted when it keeps more than ``min_pairs`` pairs or more than
+      ``min_pair_fraction`` of them (strict inequalities, as the release); the release retries without end,
+      slidr at most ``max_tries`` times before resizing the whole image (never needed on the real keyframe).
+    """
 
     enabled: bool = True
     rotate_z: bool = True
     flip_prob: float = 0.5
     drop_cuboid: bool = True
-    cuboid_max_fraction: float = 0.1
+    cuboid_max_fraction: float = 0.2
+    cuboid_rule: Literal["per_camera", "total"] = "per_camera"
+    cuboid_tries: int = 1
     image_hflip_prob: float = 0.5
     crop_min_area: float = 0.3
     crop_aspect_range: list[float] = field(default_factory=lambda: [14 / 9, 17 / 9])
     min_pairs: int = 1024
     min_pair_fraction: float = 0.75
-    max_tries: int = 10
+    max_tries: int = 10  # crop draws per image before the whole image is resized
 
     def validate(self, where: str) -> None:
         for name in ("flip_prob", "image_hflip_prob", "crop_min_area", "cuboid_max_fraction", "min_pair_fraction"):
             _in_unit_interval(getattr(self, name), subkey(where, name))
         positive(self.max_tries, subkey(where, "max_tries"))
+        positive(self.cuboid_tries, subkey(where, "cuboid_tries"))
         at_least(self.min_pairs, 0, subkey(where, "min_pairs"))
         aspect = self.crop_aspect_range
         if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
@@ -160,6 +175,9 @@ class DataConfig(ConfigBase):
     cameras: list[str] = field(default_factory=lambda: list(NUSCENES_CAMERAS))
     image_size: list[int] = field(default_factory=lambda: [224, 416])  # (height, width) after crop
     num_workers: int = 0
+    # input feature of a point (slidr.data.voxelize.point_features): "release" = the authors' loaders (nuScenes
+    # intensity as stored, 0..255; SemanticKITTI remission + 1); "unit" = both scaled to [0, 1] (slidr 0.1)
+    point_features: Literal["release", "unit"] = "release"
     voxel: VoxelConfig = field(default_factory=VoxelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
@@ -181,7 +199,11 @@ class BackboneConfig(ConfigBase):
     name: Annotated[str, RegistryName("backbone")] = "minkunet34"  # slidr.models.BACKBONES
     in_channels: int = 1
     out_channels: int = 64
-    bn_momentum: float = 0.05
+    bn_momentum: float = 0.05  # every batch norm outside the residual blocks' two (and the blocks' shortcuts)
+    block_bn_momentum: float = 0.1  # the two batch norms of each residual block (the release's BasicBlock default)
+    # initial weights of the transposed convolutions: uniform in +-1/sqrt(8 * fan), fan = output channels as
+    # MinkowskiEngine's (the release) or input channels (slidr 0.1)
+    transposed_init_fan: Literal["out", "in"] = "out"
     normalize_output: bool = True
     backend: Literal["torch", "spconv"] = "torch"
 
@@ -189,6 +211,7 @@ class BackboneConfig(ConfigBase):
         positive(self.in_channels, subkey(where, "in_channels"))
         positive(self.out_channels, subkey(where, "out_channels"))
         _in_unit_interval(self.bn_momentum, subkey(where, "bn_momentum"))
+        _in_unit_interval(self.block_bn_momentum, subkey(where, "block_bn_momentum"))
 
 
 @dataclass(frozen=True)
@@ -261,9 +284,10 @@ class OptimConfig(ConfigBase):
 class TrainerConfig(ConfigBase):
     """How training runs: epochs, batch, devices, checkpoints, logging."""
 
-    epochs: int = 50
+    epochs: Optional[int] = 50  # downstream: null = by the paper's rule (downstream_epochs)
     max_steps: int = -1  # -1: derived from epochs
     batch_size: int = 16
+    drop_last: bool = False  # drop the last incomplete training batch of each epoch (the authors' loaders: true)
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -276,7 +300,8 @@ class TrainerConfig(ConfigBase):
     limit_train_batches: Optional[float] = None
 
     def validate(self, where: str) -> None:
-        positive(self.epochs, subkey(where, "epochs"))
+        if self.epochs is not None:
+            positive(self.epochs, subkey(where, "epochs"))
         if self.max_steps != -1:
             positive(self.max_steps, subkey(where, "max_steps"), "(or -1: derived from epochs)")
         positive(self.batch_size, subkey(where, "batch_size"))
@@ -327,6 +352,30 @@ class PretrainConfig(ConfigBase):
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pairs: ScanPairConfig = field(default_factory=ScanPairConfig)
 
+    def validate(self, where: str) -> None:
+        if self.trainer.epochs is None:
+            key = subkey(where, "trainer.epochs")
+            raise ConfigError(f"{key} must be set for pretraining (null, the paper's rule, applies to slidr probe / "
+                              f"slidr finetune only)", key=key)
+
+
+# Epochs of the paper's downstream trainings: linear probing 50 (supplementary D.1); fine-tuning 100 epochs with
+# 1% of the labels, 50 with 5, 10, 25 or 100% (supplementary D.3, "annotation efficiency").
+PROBE_EPOCHS = 50
+FEW_LABEL_EPOCHS = 100  # label fractions of 1% and below
+MANY_LABEL_EPOCHS = 50
+
+
+def downstream_epochs(mode: str, label_fraction: float) -> int:
+    """The paper's number of epochs of a downstream training (what ``trainer.epochs: null`` resolves to).
+
+    Probing: 50 (D.1). Fine-tuning (D.3): 100 epochs when the labelled scans are 1% of the split or fewer
+    (``round(1 / label_fraction) >= 100``, the authors' ``dataset_skip_step``), 50 otherwise (5, 10, 25, 100%).
+    """
+    if mode == "probe":
+        return PROBE_EPOCHS
+    return FEW_LABEL_EPOCHS if round(1.0 / label_fraction) >= 100 else MANY_LABEL_EPOCHS
+
 
 @dataclass(frozen=True)
 class DownstreamConfig(ConfigBase):
@@ -340,16 +389,25 @@ class DownstreamConfig(ConfigBase):
     cache_features: bool = True  # probe without augmentation: compute the frozen features once
     # probe: standardise the frozen features with training statistics before the classifier (MAE's linear-probe
     # practice), folded into ``final`` afterwards; false = the authors' plain linear layer on raw features
-    standardize_features: bool = True
+    standardize_features: bool = False
     val_every_n_epochs: int = 0  # evaluate data.val_split during training every N epochs (0: only after training)
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # epochs null: the paper's rule for the mode and label fraction (downstream_epochs), resolved by
+    # ``with_resolved_epochs`` before a run (``slidr probe/finetune --print-config`` shows the resolved value)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=None))
 
     def validate(self, where: str) -> None:
         positive(self.lr_random_init, subkey(where, "lr_random_init"))
         at_least(self.val_every_n_epochs, 0, subkey(where, "val_every_n_epochs"))
+
+    def with_resolved_epochs(self) -> DownstreamConfig:
+        """This config with ``trainer.epochs`` set: as given, or by :func:`downstream_epochs` when null."""
+        if self.trainer.epochs is not None:
+            return self
+        return with_changes(self, {"trainer.epochs": downstream_epochs(self.mode, self.data.label_fraction)})
+
 
 DETECTION_REGRESSION_CHANNELS = 8  # offset x, offset y, z, log length, log width, log height, sin yaw, cos yaw
 
@@ -817,6 +875,22 @@ def with_changes(config: T, changes: Mapping[str, Any]) -> T:
     for head, sub in nested.items():
         direct[head] = with_changes(getattr(config, head), sub)
     return dataclasses.replace(config, **direct)  # type: ignore[type-var]
+
+
+UNRECORDED_POINT_FEATURES = "unit"  # what files of slidr 0.1 (no data.point_features in their config) were trained on
+
+
+def exported_pretrain_config(config: Mapping[str, Any], where: str = "config") -> PretrainConfig:
+    """The :class:`PretrainConfig` recorded in an exported pretraining file (``pretrained.pt``'s ``config``).
+
+    Files of slidr 0.1 do not record ``data.point_features``; their networks were trained on ``unit`` features,
+    which this config then says (so that analyses feed the network what it was trained on).
+    """
+    cfg = from_dict(PretrainConfig, dict(config), where=where)
+    data = config.get("data")
+    if isinstance(data, Mapping) and "point_features" not in data:
+        cfg = with_changes(cfg, {"data.point_features": UNRECORDED_POINT_FEATURES})
+    return cfg
 
 
 def to_dict(config: Any) -> dict:

@@ -88,8 +88,9 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
     from slidr.analysis.report import per_class_table, write_report
 
     runs = {DISPLAY_NAMES[name]: evaluation for name, evaluation in evaluations.items()}
+    protocol = probe_protocol(cfg.probe)
     report = write_report(runs, out, stem="linear_probe",
-                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split), mIoU %")
+                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split; {protocol}), mIoU %")
     curves = plot_pretraining_curves(pretrain_summaries, out / "pretraining_loss.png")
     timings["report_s"] = time.perf_counter() - began
 
@@ -104,6 +105,7 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
         "pretraining": {method: {key: summary.get(key) for key in
                                  ("initial_loss", "final_loss", "epoch_losses", "epochs", "scans_per_s")}
                         for method, summary in pretrain_summaries.items()},
+        "probe_protocol": protocol,
         "teacher": {"encoder": teacher.encoder,
                     "weights": teacher.weights or "none: randomly initialised, frozen (no labels, no ImageNet)"},
         "world": {"path": str(Path(cfg.world).resolve()), "scenes": cfg.scenes, "frames": cfg.frames,
@@ -119,9 +121,20 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
     }
     write_json(out / "results.json", results)
     print()
+    print(f"linear probing: {protocol}")
     print(per_class_table(runs), end="")
     print(f"\nslidr demo finished in {results['wall_s']:.0f} s; results in {out.resolve()}")
     return results
+
+
+def probe_protocol(cfg: DownstreamConfig) -> str:
+    """How the demo's probe trains, in words: which of slidr's options it uses besides the paper's protocol."""
+    parts = ["training scans augmented (rotation, flips)" if cfg.data.augment.enabled else
+             "no augmentation" + (", frozen features cached" if cfg.cache_features else ""),
+             "features standardised before the linear layer" if cfg.standardize_features else "raw features",
+             f"{cfg.data.point_features} input features"]
+    paper = cfg.data.augment.enabled and not cfg.standardize_features and cfg.data.point_features == "release"
+    return "; ".join(parts) + ("" if paper else " (not the paper's probe protocol: downstream/probe_nuscenes.yaml)")
 
 
 def prepare_world(cfg: DemoConfig) -> Path:

@@ -242,9 +242,9 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     payload = load_export(pretrained)
     if not isinstance(payload, dict) or "config" not in payload:
         raise SlidrError(f"{pretrained} is not an exported pretraining file (no config)")
-    from slidr.config import PretrainConfig, from_dict
+    from slidr.config import exported_pretrain_config
 
-    cfg = from_dict(PretrainConfig, payload["config"], where=f"{pretrained}: config")
+    cfg = exported_pretrain_config(payload["config"], where=f"{pretrained}: config")
     model = build_backbone(cfg.backbone)
     load_backbone(pretrained, model, None)
     model.eval()

@@ -135,7 +135,7 @@ def load_pretrained_networks(pretrained: str | Path, voxel_cfg=None) -> tuple[An
         The file is not an exported pretraining of an image-to-lidar method, or the teacher's encoder cannot be
         restored (a randomly initialised teacher that was not saved).
     """
-    from slidr.config import PretrainConfig, from_dict
+    from slidr.config import exported_pretrain_config
     from slidr.engine.checkpoint import load_backbone, load_export
     from slidr.models.image import build_image_model
     from slidr.models.unet import build_backbone
@@ -144,7 +144,7 @@ def load_pretrained_networks(pretrained: str | Path, voxel_cfg=None) -> tuple[An
     if not isinstance(payload, dict) or "config" not in payload or not payload.get("model_images_head"):
         raise SlidrError(f"{pretrained} is not the exported file of an image-to-lidar pretraining (slidr, ppkt): "
                          "the similarity with image features needs the trained image head")
-    cfg = from_dict(PretrainConfig, payload["config"], where=f"{pretrained}: config")
+    cfg = exported_pretrain_config(payload["config"], where=f"{pretrained}: config")
     model_points = build_backbone(cfg.backbone)
     load_backbone(pretrained, model_points, voxel_cfg)
     encoder_state = payload.get("model_images_encoder")

@@ -366,7 +366,7 @@ def authors_load_sample(index, sample: dict, cfg, rng: np.random.Generator, supe
     with stage("voxelize"):
         coords, kept_index, inverse_map = voxelize(kept, cfg.voxel.mode, cfg.voxel.size,
                                                    cfg.voxel.azimuth_step_deg)
-        feats = point_features(kept[kept_index], index.format)
+        feats = point_features(kept[kept_index], index.format, cfg.point_features)
     return {"points": kept, "voxel_coords": coords, "voxel_feats": feats, "inverse_map": inverse_map,
             "images": normalized.numpy(), "superpixels": torch.stack(maps).numpy(),
             "pairing_points": result.pairing_points, "pairing_images": result.pairing_images,

@@ -13,13 +13,16 @@ HELP = "linear probing: frozen 3D backbone, train a point-wise classifier, evalu
 
 def downstream_settings(mode: str) -> CommandSettings:
     """The settings of ``slidr probe`` / ``slidr finetune``: a :class:`DownstreamConfig` whose ``mode`` is the
-    command's; ``--pretrained`` wins over ``pretrained`` in the file, ``none`` means random initialisation."""
+    command's; ``--pretrained`` wins over ``pretrained`` in the file, ``none`` means random initialisation;
+    ``trainer.epochs`` null is resolved by the paper's rule for the mode and label fraction (``--print-config``
+    shows the number)."""
     return CommandSettings(
         DownstreamConfig,
         flags=[Flag("pretrained", metavar="FILE", parse=none_or_text("none", "null", "random"))],
         config_help=f"YAML config, e.g. configs/downstream/{mode}_nuscenes.yaml",
-        overrides_help="config overrides by dotted path, e.g. trainer.epochs=5 data.label_fraction=0.01",
-        fixed={"mode": mode}, required=["--out"])
+        overrides_help="config overrides by dotted path, e.g. trainer.epochs=5 data.label_fraction=0.01 "
+                       "(trainer.epochs unset: 50 for probing; fine-tuning 100 with 1%% of the labels, else 50)",
+        fixed={"mode": mode}, required=["--out"], finalize=DownstreamConfig.with_resolved_epochs)
 
 
 SETTINGS = downstream_settings(NAME)

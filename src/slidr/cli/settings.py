@@ -105,6 +105,8 @@ class CommandSettings:
         positional ones (e.g. the demo's ``--pretrain KEY=VALUE``).
     overrides_help : help text of the positional ``KEY=VALUE`` overrides.
     required : option strings of the command's own options that must be given unless ``--print-config``.
+    finalize : derives the settings the command runs with from the loaded ones (e.g. fills settings left null for
+        a rule to decide), so that ``--print-config`` shows what will run.
     """
 
     def __init__(self, cls: type, flags: Sequence[Flag] = (), *, config: bool = True,
@@ -112,7 +114,8 @@ class CommandSettings:
                  config_path: Optional[Callable[[argparse.Namespace], Optional[str | Path]]] = None,
                  fixed: Optional[Mapping[str, Any]] = None,
                  extra_overrides: Optional[Callable[[argparse.Namespace], list[str]]] = None,
-                 overrides_help: Optional[str] = None, required: Sequence[str] = ()) -> None:
+                 overrides_help: Optional[str] = None, required: Sequence[str] = (),
+                 finalize: Optional[Callable[[Any], Any]] = None) -> None:
         self.cls = cls
         self.flags = list(flags)
         self.config = config and config_path is None
@@ -123,6 +126,7 @@ class CommandSettings:
         self.extra_overrides = extra_overrides
         self.overrides_help = overrides_help
         self.required = list(required)
+        self.finalize = finalize
         for flag in self.flags:
             field_of(cls, flag.key)  # fails early on a wrong key
 
@@ -201,7 +205,8 @@ class CommandSettings:
                                   f"{given[override.key]}", key=override.key)
         fixed = [Override(key, value, f"slidr {args.command}") for key, value in self.fixed.items()]
         try:
-            return load_config(self.cls, path, [*overrides, *flagged, *fixed])
+            settings: Any = load_config(self.cls, path, [*overrides, *flagged, *fixed])
+            return self.finalize(settings) if self.finalize is not None else settings
         except ConfigError as error:
             flag = next((f for f in self.flags if error.key == f.key), None)
             if error.missing and flag is not None:

@@ -16,8 +16,12 @@ Pixel geometry: pixel (r, c) covers [r, r+1) x [c, c+1). A box (top, left, heigh
 the centre of r; output row R samples (nearest neighbour) source row top + floor((R + 0.5) * height / H_out).
 Both are computed in integer arithmetic, so they are exact.
 
-Degenerate inputs never hang: cuboid and crop draws are retried at most ``max_tries`` times, then the scan is kept
-whole (cuboid) or the whole image is resized (crop); the result says so, and the datasets count it.
+Defaults follow the authors' release (``AugmentConfig``): a cuboid of up to 20% of each axis' range, refused when a
+camera would keep fewer than 1,024 pairs; crops accepted with more than 1,024 pairs or 75% of them.
+
+Degenerate inputs never hang: cuboids are drawn at most ``cuboid_tries`` times (the release: once), then the scan
+is kept whole; crops at most ``max_tries`` times, then the whole image is resized; the result says so, and the
+datasets count it.
 """
 
 from __future__ import annotations
@@ -62,27 +66,44 @@ def rotate_flip_points(xyz: np.ndarray, rng: np.random.Generator, rotate: bool =
 
 
 def draw_cuboid_drop(xyz: np.ndarray, pairing_points: np.ndarray, rng: np.random.Generator,
-                     max_fraction: float = 0.1, min_pairs: int = 1024, max_tries: int = 10
+                     max_fraction: float = 0.2, min_pairs: int = 1024, max_tries: int = 1,
+                     pairing_cameras: Optional[np.ndarray] = None, num_cameras: int = 0
                      ) -> tuple[np.ndarray, bool]:
-    """Choose the points to keep after removing a random cuboid.
+    """Choose the points to keep after removing a random cuboid (DropCuboids).
 
     The cuboid is centred on a random point; its side on each axis is ``u * max_fraction`` times the range of
-    the coordinates on that axis, with one ``u`` uniform in [0, 1) for all axes (the authors' release). A cuboid
-    that would leave fewer than ``min_pairs`` pairs is redrawn, at most ``max_tries`` times in all.
+    the coordinates on that axis, with one ``u`` uniform in [0, 1) for all axes; points strictly inside are
+    dropped. Draws: ``u = rng.random()``, then the centre ``rng.integers(N)``, per try.
+
+    A cuboid is refused when it leaves too few pairs: with ``pairing_cameras`` (the release's rule), when any of
+    the ``num_cameras`` cameras keeps fewer than ``min_pairs`` pairs (a camera that has fewer before the drop
+    refuses every cuboid); without, when fewer than ``min_pairs`` pairs remain in all. A refused cuboid is redrawn,
+    ``max_tries`` draws in all, then nothing is dropped. The release draws once (``max_tries=1``) and keeps the
+    scan whole when that cuboid is refused, so its rule cannot hang; the retries here are bounded for the same
+    reason.
 
     Parameters
     ----------
     xyz : (N, 3) coordinates.
     pairing_points : (P,) indices of the paired points.
+    rng : the random generator.
+    max_fraction : largest side of the cuboid, as a fraction of each axis' range (release 0.2, the text 0.1).
+    min_pairs : pairs a camera (or all cameras) must keep.
+    max_tries : draws before giving up.
+    pairing_cameras : (P,) camera of each pair, or None for the total rule.
+    num_cameras : cameras to check with ``pairing_cameras`` (cameras without pairs count as keeping 0).
 
     Returns
     -------
-    keep : (N,) bool, the points outside the cuboid (all True when every try failed).
-    fell_back : True when every try failed and the scan is kept whole.
+    keep : (N,) bool, the points outside the cuboid (all True when every try was refused).
+    fell_back : True when every try was refused and the scan is kept whole.
     """
     count = len(xyz)
     if count == 0:
         return np.ones(0, bool), True
+    if pairing_cameras is not None:
+        pairing_cameras = np.asarray(pairing_cameras, np.int64)
+        num_cameras = max(num_cameras, int(pairing_cameras.max()) + 1 if len(pairing_cameras) else 0)
     # per column: the same values as reductions / comparisons over axis 0 / 1 of (N, 3), several times faster
     columns = [xyz[:, axis] for axis in range(3)]
     extent = np.array([column.max() - column.min() for column in columns])
@@ -94,7 +115,13 @@ def draw_cuboid_drop(xyz: np.ndarray, pairing_points: np.ndarray, rng: np.random
         for axis in (1, 2):
             inside &= (columns[axis] > low[axis]) & (columns[axis] < high[axis])
         keep = ~inside
-        if np.count_nonzero(keep[pairing_points]) >= min_pairs:
+        paired = keep[pairing_points]
+        if pairing_cameras is None:
+            accepted = np.count_nonzero(paired) >= min_pairs
+        else:
+            kept_per_camera = np.bincount(pairing_cameras[paired], minlength=num_cameras)
+            accepted = bool(np.all(kept_per_camera >= min_pairs))
+        if accepted:
             return keep, False
     return np.ones(count, bool), True
 
@@ -176,9 +203,10 @@ def choose_image_transform(image_hw: Sequence[int], pixel_rc: np.ndarray, rng: n
                            cfg: AugmentConfig) -> ImageTransform:
     """Draw a flip and a random resized crop that keeps enough of this image's pairs.
 
-    A crop is accepted when it keeps at least ``cfg.min_pairs`` pairs or at least ``cfg.min_pair_fraction`` of
-    them (an image without pairs never satisfies this). After ``cfg.max_tries`` rejected crops the whole image
-    is resized instead and the transform says ``fell_back``.
+    A crop is accepted when it keeps more than ``cfg.min_pairs`` pairs or more than ``cfg.min_pair_fraction`` of
+    them (the release's strict inequalities; an image without pairs never satisfies this). After
+    ``cfg.max_tries`` rejected crops the whole image is resized instead and the transform says ``fell_back``
+    (the release retries without end, which hangs on an image without pairs).
 
     Parameters
     ----------
@@ -191,7 +219,7 @@ def choose_image_transform(image_hw: Sequence[int], pixel_rc: np.ndarray, rng: n
         top, left, height, width = random_crop_box(image_hw, rng, cfg.crop_min_area, cfg.crop_aspect_range)
         candidate = ImageTransform(top, left, height, width, flip)
         kept = int(np.count_nonzero(_inside_box(pixel_rc, candidate)))
-        if kept >= cfg.min_pairs or (total > 0 and kept >= cfg.min_pair_fraction * total):
+        if kept > cfg.min_pairs or (total > 0 and kept > cfg.min_pair_fraction * total):
             return candidate
     return full_image_transform(image_hw, flip, fell_back=True)
 
@@ -337,8 +365,10 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
     if train:
         xyz = rotate_flip_points(xyz, rng, cfg.rotate_z, cfg.flip_prob)
         if cfg.drop_cuboid:
-            keep, cuboid_fell_back = draw_cuboid_drop(xyz, pairing_points, rng, cfg.cuboid_max_fraction,
-                                                      cfg.min_pairs, cfg.max_tries)
+            per_camera = cfg.cuboid_rule == "per_camera"
+            keep, cuboid_fell_back = draw_cuboid_drop(
+                xyz, pairing_points, rng, cfg.cuboid_max_fraction, cfg.min_pairs, cfg.cuboid_tries,
+                pairing_images[:, 0] if per_camera else None, len(image_hws) if per_camera else 0)
             pairing_points, pairing_images = select_points(keep, pairing_points, pairing_images)
             xyz = select_rows(xyz, keep)
     transforms = []

@@ -344,7 +344,7 @@ def _voxel_part(points: np.ndarray, dataset: str, cfg: DataConfig) -> dict[str, 
     return {
         "points": np.ascontiguousarray(points, dtype=np.float32),
         "voxel_coords": coords,
-        "voxel_feats": point_features(select_rows(points, kept_index), dataset),
+        "voxel_feats": point_features(select_rows(points, kept_index), dataset, cfg.point_features),
         "inverse_map": inverse_map,
         "kept_index": kept_index,
     }

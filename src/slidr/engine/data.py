@@ -111,12 +111,22 @@ def replayable_loader(dataset: Dataset, collate: Callable[[list], dict], trainer
                       trainer: Any, workers: int) -> DataLoader:
     """Training loader whose order and augmentations are functions of (seed, epoch, rank): resumes replay it.
 
-    ``trainer`` is the Lightning trainer (its ``global_rank`` and ``world_size`` split the data).
+    ``trainer`` is the Lightning trainer (its ``global_rank`` and ``world_size`` split the data). With
+    ``trainer_cfg.drop_last`` the last incomplete batch of each epoch is left out, as the authors' loaders do.
+
+    Raises
+    ------
+    SlidrError
+        ``drop_last`` and fewer items per process than one batch (nothing would be trained).
     """
     sampler = EpochSampler(len(dataset), trainer_cfg.seed, trainer.global_rank, trainer.world_size)  # type: ignore
+    if trainer_cfg.drop_last and len(sampler) < trainer_cfg.batch_size:
+        raise SlidrError(f"the training set has {len(sampler)} scan(s) per process, fewer than one batch "
+                         f"(trainer.batch_size={trainer_cfg.batch_size}) with trainer.drop_last=true: nothing would "
+                         "be trained; lower trainer.batch_size or set trainer.drop_last=false")
     return DataLoader(SeededDataset(dataset), batch_size=trainer_cfg.batch_size, sampler=sampler,
                       collate_fn=collate, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), drop_last=trainer_cfg.drop_last)
 
 
 class ShardSampler(Sampler):

@@ -1,21 +1,25 @@
 """Downstream semantic segmentation: linear probing and fine-tuning of a (pretrained) 3D backbone.
 
-Linear probing (paper D.1): the pretrained 3D network is frozen, batch-norm statistics included (it stays in
-eval mode), and only the point-wise classifier, the backbone's ``final`` layer rebuilt with one output per
-evaluation class, is trained (50 epochs, lr 0.05). Because the frozen network is a fixed function of the voxels,
-when augmentation is off the features of every training scan are computed once and the classifier is trained on
-them (``cache_features``): the same optimisation, without re-running the 3D network every epoch.
+Linear probing (paper D.1, the authors' ``freeze_layers``): the pretrained 3D network is frozen, batch-norm
+statistics included (it stays in eval mode, as the release's ``training_step`` keeps it), and only the point-wise
+classifier, the backbone's ``final`` layer rebuilt with one output per evaluation class, is trained: a plain
+linear layer on the raw 3D features, 50 epochs, lr 0.05, CE + Lovasz, with the release's rotation and flips of the
+training scans (``probe_nuscenes.yaml``). Two options, off in the paper configs:
 
-The classifier of a probe sees the frozen features standardised per channel with their training mean and
-standard deviation (``standardize_features``, as MAE's linear probing does with a non-affine batch norm), and the
-standardisation is folded into ``final`` when training ends, so the saved network is the plain architecture.
-Without it the comparison measures feature scales rather than features: a randomly initialised network in eval
-mode outputs features around 1e-3, on which a linear layer at lr 0.05 learns nothing but the class prior.
+- ``cache_features``: when augmentation is off the frozen network is a fixed function of each scan, so the
+  features of every training scan are computed once and the classifier is trained on them (the same
+  optimisation without re-running the 3D network every epoch; the CPU demo uses it);
+- ``standardize_features``: the classifier sees the frozen features standardised per channel with their training
+  mean and standard deviation (MAE's linear probing with a non-affine batch norm), folded into ``final`` when
+  training ends, so the saved network is the plain architecture. Without it a randomly initialised network in
+  eval mode outputs features around 1e-3, on which a linear layer at lr 0.05 learns little but the class prior.
 
 Fine-tuning: the whole network, with the classifier's learning rate (``optim.lr_head``, 2.0 in the authors'
 nuScenes config) apart from the backbone's (``optim.lr``, 0.02); a randomly initialised network uses one learning
 rate for everything (``lr_random_init``, the authors' 0.05). Loss: cross-entropy + Lovasz-softmax (``lovasz``).
-SGD with momentum 0.9, dampening 0.1, weight decay 1e-4 and a cosine schedule over the epochs.
+SGD with momentum 0.9, dampening 0.1, weight decay 1e-4 and a cosine schedule over the epochs. Epochs:
+``trainer.epochs: null`` (the packaged configs) takes the paper's number for the mode and label fraction
+(:func:`slidr.config.downstream_epochs`: probing 50; fine-tuning 100 with 1% of the labels, 50 with 5 to 100%).
 
 The classifier has C outputs for the C evaluation classes (no "ignore" output): voxel label ``l`` in ``1..C`` is
 target ``l - 1`` and ignored voxels (label 0) are left out of both losses. Evaluation counts every original point
@@ -46,7 +50,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidr.config import DownstreamConfig, to_dict
+from slidr.config import UNRECORDED_POINT_FEATURES, DownstreamConfig, to_dict
 from slidr.data.classes import class_names
 from slidr.engine.checkpoint import export_pretrained, load_backbone, save_atomic
 from slidr.engine.data import evaluation_loader, ordered_loader, replayable_loader
@@ -104,12 +108,33 @@ def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: O
     info: dict[str, Any] = {"method": None, "loaded": [], "skipped": []}
     if weights is not None:
         info = load_backbone(weights, model, cfg.data.voxel)
+        check_point_features(weights, info.get("config"), cfg.data.point_features)
         if not reset_head and info["skipped"]:
             raise SlidrError(f"{weights} holds no classifier for {num_classes} classes "
                              f"(keys {', '.join(info['skipped'][:4])} do not fit); is it a downstream model.pt?")
     if reset_head:
         _reset_parameters(model.final)
     return model, info
+
+
+def check_point_features(weights: str | Path, pretrained_config: Optional[dict], convention: str) -> None:
+    """Refuse a network trained on other input features than ``data.point_features`` (``convention``).
+
+    A frozen network reads its input through batch-norm statistics of the features it was trained on: features
+    of another scale or offset give other activations. Files of slidr 0.1 (no ``data.point_features`` in their
+    config) were trained on ``unit`` features.
+
+    Raises
+    ------
+    SlidrError
+        The file's config names another convention.
+    """
+    if not isinstance(pretrained_config, dict) or not isinstance(pretrained_config.get("data"), dict):
+        return
+    trained = pretrained_config["data"].get("point_features", UNRECORDED_POINT_FEATURES)
+    if trained != convention:
+        raise SlidrError(f"{weights} was trained on data.point_features={trained!r} input features, this run "
+                         f"feeds {convention!r}; set data.point_features={trained}")
 
 
 class StandardizedLinear(nn.Module):
@@ -420,6 +445,8 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     Parameters
     ----------
     cfg : DownstreamConfig
+        ``trainer.epochs`` null takes the paper's number for the mode and label fraction
+        (:func:`slidr.config.downstream_epochs`).
     out : run folder (``config.yaml``, ``checkpoints/``, ``logs/``, ``model.pt``, ``evaluation.json``,
         ``summary.json``).
     resume : continue from the newest checkpoint in ``out/checkpoints``.
@@ -439,6 +466,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     """
     start = time.perf_counter()
     out = Path(out)
+    cfg = cfg.with_resolved_epochs()  # trainer.epochs null: the paper's rule (recorded in config.yaml)
     resume_from = start_run(out, cfg, resume)
 
     names = class_names(cfg.data.dataset)
@@ -543,7 +571,7 @@ def load_downstream_config(path: Optional[str], overrides: list[str], mode: str,
     """The config of ``slidr probe`` / ``slidr finetune``: YAML file, dotted overrides, then the command's mode.
 
     ``--pretrained`` wins over ``pretrained`` in the file; ``pretrained=null`` (or ``--pretrained none``) means
-    random initialisation.
+    random initialisation. ``trainer.epochs`` null is resolved by the paper's rule.
     """
     from slidr.config import load_config
 
@@ -551,7 +579,7 @@ def load_downstream_config(path: Optional[str], overrides: list[str], mode: str,
     changes: dict[str, Any] = {"mode": mode}
     if pretrained is not None:
         changes["pretrained"] = None if pretrained.lower() in ("none", "null", "random") else pretrained
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **changes).with_resolved_epochs()
 
 
 def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: str,

@@ -3,8 +3,9 @@
 Pairs and matches come from :class:`slidr.data.scan_pairs.PointContrastPairs`. Per batch: both views through
 the 3D network, per-point features via ``inverse_map``, a random subset of ``loss.num_matches`` matches (4,096)
 over the whole batch, PointInfoNCE (temperature ``loss.temperature``). The paper's schedule: SGD with lr 1 and
-cosine annealing over iterations, batch 8 pairs, and as many iterations as it takes to see the same number of
-point clouds as SLidR in ``pairs.equivalent_epochs`` (50) epochs (a pair holds two clouds).
+cosine annealing over iterations, batch 8 pairs, and as many iterations as it takes to show as many point-cloud
+*pairs* as SLidR sees point clouds in ``pairs.equivalent_epochs`` (50) epochs (supplementary: the number of pairs
+equals the number of clouds; a pair holds two clouds, so PointContrast† sees twice as many clouds as SLidR).
 
 With ``loss.gather_negatives`` under DDP the negatives of each process are the matches of every process;
 otherwise (the release) each process contrasts its own matches only.
@@ -27,12 +28,12 @@ from slidr.models import sparse_input
 
 
 def pointcontrast_steps(num_scans: int, batch_pairs: int, equivalent_epochs: int, world_size: int = 1) -> int:
-    """Iterations that show as many clouds as SLidR sees in ``equivalent_epochs`` epochs of ``num_scans``.
+    """Iterations that show as many pairs as SLidR sees clouds in ``equivalent_epochs`` epochs of ``num_scans``.
 
-    A step of ``batch_pairs`` pairs on each of ``world_size`` processes shows ``2 * batch_pairs * world_size``
-    clouds.
+    A step of ``batch_pairs`` pairs on each of ``world_size`` processes shows ``batch_pairs * world_size`` pairs
+    (the supplement sets the number of pairs equal to the number of clouds SLidR sees).
     """
-    return max(1, math.ceil(equivalent_epochs * num_scans / (2 * batch_pairs * world_size)))
+    return max(1, math.ceil(equivalent_epochs * num_scans / (batch_pairs * world_size)))
 
 
 @METHODS.register("pointcontrast")
@@ -67,7 +68,8 @@ class PointContrastModule(PretrainModule):
         return 2 * int(batch["batch_size"])  # two clouds per pair
 
     def planned_steps(self, world_size: int) -> Optional[int]:
-        """Steps showing as many clouds as SLidR in ``pairs.equivalent_epochs`` epochs of the training scans."""
+        """Steps showing as many pairs as SLidR sees clouds in ``pairs.equivalent_epochs`` epochs of the training
+        scans (``data.train_split``: give it SLidR's, the parametrizing scenes in the paper configs)."""
         if self.cfg.pairs.equivalent_epochs is None:
             return None
         if self.cfg.trainer.max_steps > 0:
