@@ -1,4 +1,4 @@
-"""``slidr bench step``: time of one SLidR / PPKT training step, broken down into its stages.
+"""``slidr bench step``: time of one image-to-lidar training step (SLidR, PPKT, ST-SLidR, ScaLR), by stage.
 
 Stages: data (loading and collating a batch), image (frozen encoder + head forward), points (3D network
 forward), loss (forward), backward (all of it), optimizer (the configured optimizer's step). Each stage is
@@ -17,7 +17,7 @@ from slidr.cli.settings import CommandSettings, count
 from slidr.config import PretrainConfig
 
 NAME = "step"
-HELP = "time per SLidR/PPKT training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
+HELP = "time per image-to-lidar training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
 STAGES = ("data_ms", "image_ms", "points_ms", "loss_ms", "backward_ms", "optimizer_ms")
 SETTINGS = CommandSettings(PretrainConfig, default_config="pretrain/demo_cpu.yaml",
                            config_help="pretraining config (set data.index=...)",
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     torch.manual_seed(cfg.trainer.seed)
     module = build_module(cfg).to(device).train()
     if not isinstance(module, ImageToLidarModule):
-        raise SlidrError(f"method {cfg.method!r}: bench step times image-to-lidar methods (slidr, ppkt)")
+        raise SlidrError(f"method {cfg.method!r}: bench step times image-to-lidar methods (slidr, ppkt, stslidr, "
+                             f"scalr)")
     dataset, collate = module.train_dataset()
     seeded = SeededDataset(dataset)
     optimizer = build_optimizer(module.trainable_parameters(), cfg.optim)
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     size = cfg.trainer.batch_size
     for step in range(args.steps + 1):
         items = [((step * size + i) % len(dataset), derive_seed(cfg.trainer.seed, step, i)) for i in range(size)]
-        batch, data_ms = timed(lambda: to_device(collate([seeded[item] for item in items])))
+        batch, data_ms = timed(lambda: module.select_pairs(to_device(collate([seeded[item] for item in items]))))
         optimizer.zero_grad(set_to_none=True)
         pixels, image_ms = timed(lambda: module.forward_images(batch))
         points, points_ms = timed(lambda: module.forward_points(batch))
