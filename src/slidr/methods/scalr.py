@@ -24,12 +24,13 @@ last layer.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
 
-from slidr.config import PretrainConfig
+from slidr.config import PretrainConfig, SuperpixelConfig
 from slidr.errors import ConfigError
 from slidr.methods import METHODS, losses
 from slidr.methods.image_to_lidar import ImageToLidarModule
@@ -77,6 +78,7 @@ class ScalrModule(ImageToLidarModule):
         from slidr.data.datasets import CameraSubsetDataset, collate_pretrain
 
         data, scalr = self.cfg.data, self.cfg.scalr
+        data = dataclasses.replace(data, superpixels=SuperpixelConfig(method="none"))  # ScaLR reads none
         dataset = CameraSubsetDataset(data.index, data.train_split, data, train=True, one_camera=scalr.one_camera,
                                       paired_points_only=scalr.paired_points_only, max_points=scalr.max_points)
         return dataset, collate_pretrain
