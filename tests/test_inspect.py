@@ -35,8 +35,7 @@ def test_inspect_keyframe_json(nuscenes_keyframe, tmp_path, capsys):
     sample = index.samples[0]
     folder = superpixels.superpixel_dir(tmp_path / "index.npz", "slic", 150)
     labels = np.repeat(np.arange(6, dtype=np.int64), 150).reshape(1, -1).repeat(2, axis=0)
-    superpixels.write_label_png(superpixels.superpixel_path(folder, "CAM_BACK", sample["cameras"]["CAM_BACK"]["image"]),
-                                labels)
+    superpixels.write_labels(superpixels.superpixel_path(folder, sample["cameras"]["CAM_BACK"]["image"]), labels)
     assert main(["inspect", "--index", str(tmp_path / "index.npz"), "--sample", sample["token"], "--json",
                  str(out)]) == 0
     report = json.loads(out.read_text())

@@ -27,7 +27,7 @@ from slidr.data.pairing import pairs_in_labelled_superpixels
 from slidr.data.superpixels import (
     SuperpixelJob,
     method_key,
-    read_label_png,
+    read_labels,
     read_segment_count,
     superpixel_dir,
     superpixel_path,
@@ -336,8 +336,8 @@ def test_import_masks_for_an_index_and_read_them_through_the_dataset(world_index
     assert 0 < report["unlabelled_fraction_mean"] < 1 and report["segments_min"] >= 1
     folder = superpixel_dir(world_index, "masks", root=root, source="sam")
     for (channel, image), (_, expected) in written.items():
-        stored = superpixel_path(folder, channel, image)
-        assert np.array_equal(read_label_png(stored), expected)
+        stored = superpixel_path(folder, image)
+        assert np.array_equal(read_labels(stored), expected)
         assert read_segment_count(stored) == int(expected.max())
     assert main(args) == 0
     assert f"{images} images: 0 computed, {images} already done" in capsys.readouterr().out
@@ -354,7 +354,7 @@ def test_import_masks_for_an_index_and_read_them_through_the_dataset(world_index
         for image_index in range(12):
             sample = index.samples[int(dataset.positions[image_index // 6])]
             channel = cfg.cameras[image_index % 6]
-            stored = read_label_png(superpixel_path(folder, channel, sample["cameras"][channel]["image"]))
+            stored = read_labels(superpixel_path(folder, sample["cameras"][channel]["image"]))
             read = batch["superpixels"][image_index].numpy()
             if train:
                 assert set(np.unique(read).tolist()) <= set(np.unique(stored).tolist())
@@ -414,9 +414,9 @@ def test_import_resumes_and_redoes_partial_files(tmp_path):
         np.savez(from_dir / "CAM_A" / f"img{i}.npz", masks=np.stack(_random_masks(rng, height, width, 4)))
     first = import_index_masks(jobs, sizes, from_dir, folder, show_progress=False)
     assert first["computed"] == 3
-    target = superpixel_path(folder, "CAM_A", jobs[1].image)
+    target = superpixel_path(folder, jobs[1].image)
     target.write_bytes(target.read_bytes()[:30])  # a partial write
     again = import_index_masks(jobs, sizes, from_dir, folder, show_progress=False)
     assert again["computed"] == 1 and again["skipped"] == 2
-    assert np.array_equal(read_label_png(target), mask_labels(from_dir / "CAM_A" / "img1.npz", (height, width)))
+    assert np.array_equal(read_labels(target), mask_labels(from_dir / "CAM_A" / "img1.npz", (height, width)))
     assert read_mask_file(from_dir / "CAM_A" / "img1.npz").shape == (height, width)

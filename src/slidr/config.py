@@ -393,6 +393,108 @@ class DownstreamConfig(ConfigBase):
         positive(self.lr_random_init, subkey(where, "lr_random_init"))
         at_least(self.val_every_n_epochs, 0, subkey(where, "val_every_n_epochs"))
 
+DETECTION_REGRESSION_CHANNELS = 8  # offset x, offset y, z, log length, log width, log height, sin yaw, cos yaw
+
+
+@dataclass(frozen=True)
+class DetectionHeadConfig(ConfigBase):
+    """The bird's-eye-view detection head on a 3D backbone (``slidr.models.detection``, CenterPoint-style).
+
+    Point features of the backbone are pooled into a Cartesian BEV grid over ``point_range`` (points outside it
+    are left out), a 2D CNN neck (SECOND-style: one block per entry of ``neck_channels``, each after the first
+    at half the resolution of the previous, all upsampled back and concatenated) feeds a per-class centre heatmap
+    and the box regression heads. Defaults: KITTI's front range and OpenPCDet's CenterPoint settings for KITTI
+    (Gaussian overlap 0.1, minimum radius 2, loss weights 1 / 2, score threshold 0.1, NMS IoU 0.01).
+    """
+
+    classes: list[str] = field(default_factory=lambda: ["Car", "Pedestrian", "Cyclist"])
+    # x_min, y_min, z_min, x_max, y_max, z_max in the lidar frame, metres (KITTI: the camera's front range)
+    point_range: list[float] = field(default_factory=lambda: [0.0, -40.0, -3.0, 70.4, 40.0, 1.0])
+    cell_size: float = 0.4  # BEV cell (m); also the heatmap's resolution (SECOND's KITTI output map: 0.4 m)
+    pooling: Literal["max", "mean"] = "max"  # of the point features falling in a cell
+    geometric_features: bool = True  # add log(1 + points), min / mean / max height of the cell's points
+    neck_channels: list[int] = field(default_factory=lambda: [64, 128])
+    neck_layers: list[int] = field(default_factory=lambda: [2, 2])  # 3x3 convolutions after each block's first
+    upsample_channels: int = 64  # per neck block, after upsampling to the BEV resolution
+    head_channels: int = 64  # shared 3x3 convolution and hidden layer of each separate head
+    bn_momentum: float = 0.01
+    # targets and loss
+    gaussian_overlap: float = 0.1  # CenterNet's radius rule: the IoU a box shifted by the radius keeps
+    min_radius: int = 2  # cells
+    heatmap_weight: float = 1.0
+    regression_weight: float = 2.0
+    code_weights: list[float] = field(default_factory=lambda: [1.0] * DETECTION_REGRESSION_CHANNELS)
+    # decoding
+    top_k: int = 500  # heatmap peaks kept per scan before the score threshold and NMS
+    score_threshold: float = 0.1
+    nms_iou: Optional[float] = 0.01  # rotated BEV IoU; null: no NMS (peaks only, as CenterPoint on nuScenes)
+    nms_per_class: bool = False  # false: one NMS over all classes (OpenPCDet's KITTI CenterPoint)
+    max_detections: int = 100  # per scan, after NMS
+    drop_outside_image: bool = True  # KITTI output: drop detections whose 2D box misses the image
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows along y, columns along x) of the BEV grid."""
+        x_min, y_min, _, x_max, y_max, _ = self.point_range
+        return round((y_max - y_min) / self.cell_size), round((x_max - x_min) / self.cell_size)
+
+    def validate(self, where: str) -> None:
+        w = f"{where}." if where else ""
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"{w}classes must be a non-empty list of distinct names, got {self.classes}")
+        if len(self.point_range) != 6:
+            raise ConfigError(f"{w}point_range must be [x_min, y_min, z_min, x_max, y_max, z_max]")
+        low, high = self.point_range[:3], self.point_range[3:]
+        if any(hi <= lo for lo, hi in zip(low, high)):
+            raise ConfigError(f"{w}point_range must have each max > min, got {self.point_range}")
+        positive(self.cell_size, f"{w}cell_size")
+        for axis, lo, hi in (("x", low[0], high[0]), ("y", low[1], high[1])):
+            cells = (hi - lo) / self.cell_size
+            if abs(cells - round(cells)) > 1e-6 * max(1.0, cells):
+                raise ConfigError(f"{w}cell_size {self.cell_size} does not divide the {axis} range "
+                                  f"{hi - lo:g} m of point_range into whole cells")
+        if not self.neck_channels or len(self.neck_channels) != len(self.neck_layers):
+            raise ConfigError(f"{w}neck_channels and {w}neck_layers must be non-empty lists of the same "
+                              f"length, got {self.neck_channels} and {self.neck_layers}")
+        if min(self.neck_channels) < 1 or min(self.neck_layers) < 0:
+            raise ConfigError(f"{w}neck_channels must be >= 1 and {w}neck_layers >= 0")
+        for name in ("upsample_channels", "head_channels", "top_k", "max_detections"):
+            positive(getattr(self, name), f"{w}{name}")
+        if not 0 < self.gaussian_overlap < 1:
+            raise ConfigError(f"{w}gaussian_overlap must be in (0, 1), got {self.gaussian_overlap}")
+        if self.min_radius < 0:
+            raise ConfigError(f"{w}min_radius must be >= 0, got {self.min_radius}")
+        if len(self.code_weights) != DETECTION_REGRESSION_CHANNELS or min(self.code_weights) < 0:
+            raise ConfigError(f"{w}code_weights must be {DETECTION_REGRESSION_CHANNELS} numbers >= 0 (offset x, "
+                              f"offset y, z, log l, log w, log h, sin yaw, cos yaw), got {self.code_weights}")
+        if self.heatmap_weight < 0 or self.regression_weight < 0:
+            raise ConfigError(f"{w}heatmap_weight and {w}regression_weight must be >= 0")
+        if not 0 <= self.score_threshold < 1:
+            raise ConfigError(f"{w}score_threshold must be in [0, 1), got {self.score_threshold}")
+        if self.nms_iou is not None and not 0 <= self.nms_iou <= 1:
+            raise ConfigError(f"{w}nms_iou must be in [0, 1] or null, got {self.nms_iou}")
+
+
+@dataclass(frozen=True)
+class DetectionConfig(ConfigBase):
+    """``slidr detect``: 3D object detection (KITTI) with a (pretrained) backbone and a BEV CenterPoint head."""
+
+    pretrained: Optional[str] = None  # exported pretraining file or state dict; None = random init
+    data: DataConfig = field(default_factory=lambda: DataConfig(
+        dataset="semantickitti", index="data/kitti-object/index.npz", cameras=["image_2"],
+        augment=AugmentConfig(enabled=False)))
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
+    head: DetectionHeadConfig = field(default_factory=DetectionHeadConfig)
+    # OpenPCDet's KITTI CenterPoint: Adam (one-cycle) at 0.003, weight decay 0.01, 80 epochs, batch 8
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=0.003, weight_decay=0.01))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=80, batch_size=8))
+    recall_positions: int = 40  # evaluation: AP|R40 (11: AP|R11 of older papers)
+
+    def validate(self, where: str) -> None:
+        w = f"{where}." if where else ""
+        if self.recall_positions not in (11, 40):
+            raise ConfigError(f"{w}recall_positions must be 11 or 40, got {self.recall_positions}")
+
 
 @dataclass(frozen=True)
 class DemoConfig(ConfigBase):
@@ -494,8 +596,8 @@ class SuperpixelJobConfig(ConfigBase):
     shard: str = setting("0/1", help="compute only share I of N (0-based), e.g. one task of a cluster job array")
     cameras: Optional[list[str]] = setting(None, help="only these camera channels (default: all)")
     from_dir: Optional[str] = setting(
-        None, help="masks: folder of the mask files, DIR/<CHANNEL>/<image stem>.{png,npz,npy,json} (formats: "
-                   "slidr.data.masks)")
+        None, help="masks: folder of the mask files, DIR/<image path without suffix>.{png,npz,npy,json}, or for "
+                   "nuScenes also DIR/<CHANNEL>/<image stem>.{png,...} (formats: slidr.data.masks)")
     fill: Literal["unlabelled", "nearest"] = setting(
         "unlabelled", help="masks: pixels no mask covers keep id 0, left out of the losses (unlabelled), or take "
                            "the nearest mask's id")

@@ -162,7 +162,7 @@ def _check_world_matches(cfg: DemoConfig, summary: dict, path: Path) -> None:
 def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[str, Any]:
     """The superpixels the pretraining configs need (resumable: finished images are skipped)."""
     from slidr.data.index import load_index
-    from slidr.data.superpixels import compute_index_superpixels, image_jobs, superpixel_dir
+    from slidr.data.superpixels import compute_index_superpixels, image_jobs, legacy_layout_is_unique, superpixel_dir
 
     index = load_index(index_path)
     reports = {}
@@ -174,7 +174,8 @@ def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[s
         if folder.name in reports:
             continue
         jobs = image_jobs(index.samples, index.root, pretrain_cfg.data.cameras)
-        reports[folder.name] = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, workers)
+        reports[folder.name] = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, workers,
+                                                         convert_legacy=legacy_layout_is_unique(index.format))
     return {name: {key: report.get(key) for key in ("images", "computed", "segments_min", "segments_median",
                                                     "segments_max")} for name, report in reports.items()}
 

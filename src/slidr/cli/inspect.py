@@ -105,8 +105,8 @@ def _superpixels(index, sample, channels, key, root) -> dict:
     folder = folders[0]
     counts = {}
     for channel in channels:
-        path = superpixels.superpixel_path(folder, channel, sample["cameras"][channel]["image"])
-        if path.is_file():
+        path = superpixels.find_superpixel_file(folder, channel, sample["cameras"][channel]["image"], index.format)
+        if path is not None:
             counts[channel] = superpixels.read_segment_count(path)
     return {"superpixel_method": folder.name, "superpixels_per_image": counts}
 

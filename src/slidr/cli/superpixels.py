@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from slidr.config import parse_shard
     from slidr.data.index import load_index
     from slidr.data.masks import image_sizes, import_index_masks, mask_set_name
-    from slidr.data.superpixels import compute_index_superpixels, image_jobs, shard_jobs, superpixel_dir
+    from slidr.data.superpixels import (
+        compute_index_superpixels,
+        image_jobs,
+        legacy_layout_is_unique,
+        shard_jobs,
+        superpixel_dir,
+    )
     from slidr.utils.io import write_json
     from slidr.utils.log import logger
 
@@ -48,14 +54,21 @@ def run(args: argparse.Namespace) -> int:
     jobs = shard_jobs(image_jobs(index.samples, index.root, cfg.cameras), shard)
     report_name = "report.json" if shard[1] == 1 else f"report_shard{shard[0]}of{shard[1]}.json"
     logger.info("%d camera images (shard %d/%d) -> %s", len(jobs), shard[0], shard[1], folder)
+    # label PNGs of earlier versions (<CHANNEL>/<stem>.png): converted where that layout gave each image its own file
+    convert_legacy = legacy_layout_is_unique(index.format)
     if sp.method == "masks":
         report = import_index_masks(jobs, image_sizes(index.samples), cfg.from_dir, folder, cfg.fill,
-                                    cfg.resize_masks, cfg.workers, not args.no_progress, report_name)
+                                    cfg.resize_masks, cfg.workers, not args.no_progress, report_name,
+                                    convert_legacy=convert_legacy, channel_layout=convert_legacy)
     else:
         report = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, cfg.workers,
-                                           show_progress=not args.no_progress, report_name=report_name)
+                                           show_progress=not args.no_progress, report_name=report_name,
+                                           convert_legacy=convert_legacy)
     rate = f", {report['images_per_s']:.2f} images/s" if report["images_per_s"] else ""
-    print(f"{report['images']} images: {report['computed']} computed, {report['skipped']} already done{rate}")
+    converted = f", {report['converted']} converted from label PNGs of an earlier version" \
+        if report["converted"] else ""
+    print(f"{report['images']} images: {report['computed']} computed{converted}, {report['skipped']} already "
+          f"done{rate}")
     if report["images"]:
         print(f"segments per image: min {report['segments_min']}, median {report['segments_median']}, "
               f"max {report['segments_max']}")

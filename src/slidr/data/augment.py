@@ -83,11 +83,16 @@ def draw_cuboid_drop(xyz: np.ndarray, pairing_points: np.ndarray, rng: np.random
     count = len(xyz)
     if count == 0:
         return np.ones(0, bool), True
-    extent = xyz.max(axis=0) - xyz.min(axis=0)
+    # per column: the same values as reductions / comparisons over axis 0 / 1 of (N, 3), several times faster
+    columns = [xyz[:, axis] for axis in range(3)]
+    extent = np.array([column.max() - column.min() for column in columns])
     for _ in range(max_tries):
         half_side = extent * (rng.random() * max_fraction) / 2.0
         centre = xyz[rng.integers(count)]
-        inside = np.all((xyz > centre - half_side) & (xyz < centre + half_side), axis=1)
+        low, high = centre - half_side, centre + half_side
+        inside = (columns[0] > low[0]) & (columns[0] < high[0])
+        for axis in (1, 2):
+            inside &= (columns[axis] > low[axis]) & (columns[axis] < high[axis])
         keep = ~inside
         if np.count_nonzero(keep[pairing_points]) >= min_pairs:
             return keep, False
@@ -109,8 +114,8 @@ def select_points(keep: np.ndarray, pairing_points: np.ndarray, pairing_images: 
     pairing_points (P',) re-indexed into the kept points, pairing_images (P', 3).
     """
     new_index = np.cumsum(keep) - 1
-    paired = keep[pairing_points]
-    return new_index[pairing_points[paired]].astype(np.int64), pairing_images[paired]
+    paired = np.flatnonzero(keep[pairing_points])
+    return np.take(new_index, np.take(pairing_points, paired)).astype(np.int64), select_rows(pairing_images, paired)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ def transform_pixels(pixel_rc: np.ndarray, transform: ImageTransform, out_hw: Se
     new_rc : (P', 2) int64 row, column in the output image of the pixels inside.
     """
     inside = _inside_box(pixel_rc, transform)
-    rc = np.asarray(pixel_rc, np.int64)[inside]
+    rc = select_rows(np.asarray(pixel_rc, np.int64), inside)
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     rows = ((2 * (rc[:, 0] - transform.top) + 1) * out_h) // (2 * transform.height)
     cols = ((2 * (rc[:, 1] - transform.left) + 1) * out_w) // (2 * transform.width)
@@ -252,16 +257,22 @@ def transform_image(image, transform: ImageTransform, out_hw: Sequence[int],
         image = Image.fromarray(image)
     box = (transform.left / reduction, transform.top / reduction,
            (transform.left + transform.width) / reduction, (transform.top + transform.height) / reduction)
-    out = image.resize((int(out_hw[1]), int(out_hw[0])), Image.Resampling.BILINEAR, box=box)
-    if transform.flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    out = np.asarray(image.resize((int(out_hw[1]), int(out_hw[0])), Image.Resampling.BILINEAR, box=box))
+    return out[:, ::-1] if transform.flip else out
 
 
-def draft_size(transform: ImageTransform, image_hw: Sequence[int], out_hw: Sequence[int]) -> tuple[int, int]:
-    """The smallest (width, height) a JPEG may be decoded at so that the crop box keeps the output resolution."""
-    scale = max(out_hw[0] / transform.height, out_hw[1] / transform.width)
-    return math.ceil(image_hw[1] * scale), math.ceil(image_hw[0] * scale)
+def dct_reduction(transform: ImageTransform, out_hw: Sequence[int]) -> int:
+    """The largest JPEG DCT-scaling reduction (1, 2, 4 or 8) at which the crop box keeps the output resolution.
+
+    A JPEG decoded at 1/r of its size (``PIL.Image.draft``: libjpeg scales in the DCT domain, skipping most of the
+    inverse transform) still gives the box ``height / r`` x ``width / r`` pixels; r is the largest with both at least
+    the output's ``out_hw``, so the resize after it only shrinks (never invents detail).
+    """
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    for reduction in (8, 4, 2):
+        if transform.height >= reduction * out_h and transform.width >= reduction * out_w:
+            return reduction
+    return 1
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:
@@ -329,31 +340,58 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
             keep, cuboid_fell_back = draw_cuboid_drop(xyz, pairing_points, rng, cfg.cuboid_max_fraction,
                                                       cfg.min_pairs, cfg.max_tries)
             pairing_points, pairing_images = select_points(keep, pairing_points, pairing_images)
-            xyz = xyz[keep]
+            xyz = select_rows(xyz, keep)
     transforms = []
     kept_pairs = np.zeros(len(pairing_points), bool)
     new_pixels = np.zeros((len(pairing_points), 2), np.int64)
-    for camera, image_hw in enumerate(image_hws):
-        in_camera = np.flatnonzero(pairing_images[:, 0] == camera)
-        pixel_rc = pairing_images[in_camera, 1:]
+    for camera, pairs in enumerate(_camera_groups(pairing_images[:, 0], len(image_hws))):
+        pixel_rc = pairing_images[pairs, 1:]
         if train:
-            transform = choose_image_transform(image_hw, pixel_rc, rng, cfg)
+            transform = choose_image_transform(image_hws[camera], pixel_rc, rng, cfg)
         else:
-            transform = full_image_transform(image_hw)
+            transform = full_image_transform(image_hws[camera])
         transforms.append(transform)
         inside, rc = transform_pixels(pixel_rc, transform, out_hw)
-        kept_pairs[in_camera[inside]] = True
-        new_pixels[in_camera[inside]] = rc
-    pairing_images = np.concatenate([pairing_images[kept_pairs, :1], new_pixels[kept_pairs]], axis=1)
+        if isinstance(pairs, slice):
+            kept_pairs[pairs] = inside
+            new_pixels[pairs][inside] = rc
+        else:
+            kept_pairs[pairs[inside]] = True
+            new_pixels[pairs[inside]] = rc
+    kept_pairs = np.flatnonzero(kept_pairs)
+    pairing_images = np.concatenate([select_rows(pairing_images[:, :1], kept_pairs),
+                                     select_rows(new_pixels, kept_pairs)], axis=1)
     return PairedAugmentation(
         keep_points=keep,
         xyz=xyz,
-        pairing_points=pairing_points[kept_pairs],
+        pairing_points=np.take(pairing_points, kept_pairs),
         pairing_images=pairing_images,
         image_transforms=transforms,
         cuboid_fell_back=cuboid_fell_back,
         crops_fell_back=sum(transform.fell_back for transform in transforms),
     )
+
+
+def select_rows(array: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """``array[which]`` for a boolean mask or indices over the first axis, several times faster than boolean (and
+    faster than integer) indexing of the rows of 2-D arrays.
+
+    Parameters
+    ----------
+    array : (N, ...) array.
+    which : (N,) bool, or (M,) int indices.
+    """
+    indices = np.flatnonzero(which) if which.dtype == bool else which
+    return np.take(array, indices, axis=0)
+
+
+def _camera_groups(cameras: np.ndarray, count: int) -> list[slice | np.ndarray]:
+    """The pairs of each camera 0..count-1: slices when ``cameras`` is sorted (as projections give them), else
+    index arrays."""
+    if cameras.size < 2 or (cameras[1:] >= cameras[:-1]).all():
+        bounds = np.searchsorted(cameras, np.arange(count + 1), side="left")
+        return [slice(int(bounds[k]), int(bounds[k + 1])) for k in range(count)]
+    return [np.flatnonzero(cameras == k) for k in range(count)]
 
 
 def _inside_box(pixel_rc: np.ndarray, transform: ImageTransform) -> np.ndarray:

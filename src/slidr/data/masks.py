@@ -1,11 +1,14 @@
-"""Superpixels from masks computed elsewhere (SAM, SEEM or any segmenter), imported into slidr's label PNGs.
+"""Superpixels from masks computed elsewhere (SAM, SEEM or any segmenter), imported into slidr's label files.
 
 ``slidr superpixels --method masks --from DIR [--name NAME]`` reads one mask file per camera image of the index and
-stores it like SLIC's superpixels (:mod:`slidr.data.superpixels`) in ``<root>/masks_<NAME>/<CHANNEL>/<stem>.png``;
+stores it like SLIC's superpixels (:mod:`slidr.data.superpixels`) in ``<root>/masks_<NAME>/<image path>.runs``;
 ``superpixels: {method: masks, source: NAME}`` then makes the datasets read them. NAME defaults to the name of DIR.
 
-Where the mask files are: ``DIR/<CHANNEL>/<image file stem>.<ext>``, mirroring the camera folders of the dataset
-(nuScenes ``samples/CAM_FRONT/x.jpg`` -> ``DIR/CAM_FRONT/x.png``). Every image of the index must have exactly one.
+Where the mask files are: ``DIR/<image path without its suffix>.<ext>``, mirroring the dataset (nuScenes
+``samples/CAM_FRONT/x.jpg`` -> ``DIR/samples/CAM_FRONT/x.png``, SemanticKITTI ``sequences/00/image_2/000000.png`` ->
+``DIR/sequences/00/image_2/000000.png``), or, for nuScenes, ``DIR/<CHANNEL>/<image file stem>.<ext>``
+(``DIR/CAM_FRONT/x.png``; SemanticKITTI's sequences would share those files). Every image of the index must have
+exactly one.
 
 Accepted files (the format is chosen by the extension):
 
@@ -36,7 +39,6 @@ neighbour (pixel centres: row ``i`` reads row ``floor((i + 0.5) h / H)``). At mo
 from __future__ import annotations
 
 import json
-import statistics
 import time
 import zipfile
 import zlib
@@ -50,12 +52,9 @@ from slidr.data.pairing import UNLABELLED
 from slidr.data.superpixels import (
     MASK_SET_NAME,
     SuperpixelJob,
-    _remove_stale_temporaries,
     _run_tasks,
-    is_complete_png,
-    read_segment_count,
-    superpixel_path,
-    write_label_png,
+    plan_label_files,
+    write_labels,
 )
 from slidr.errors import DataError, SlidrError
 from slidr.utils.io import write_json
@@ -82,21 +81,32 @@ def mask_set_name(from_dir: str | Path, name: Optional[str] = None) -> str:
     return chosen
 
 
-def find_mask_file(from_dir: str | Path, channel: str, image: str | Path) -> Path:
-    """``from_dir/<channel>/<stem>.<ext>`` (or the folder ``<stem>/``) of an image: exactly one must exist.
+def find_mask_file(from_dir: str | Path, channel: str, image: str | Path, channel_layout: bool = True) -> Path:
+    """The mask file (or folder of mask PNGs) of an image; exactly one must exist.
+
+    Looked for at ``from_dir/<image path without its suffix>.<ext>`` (the dataset's layout mirrored) and, where
+    ``channel_layout``, at ``from_dir/<channel>/<image stem>.<ext>`` (or the folders ``.../<stem>/``). The channel
+    layout cannot tell apart images of different SemanticKITTI sequences (every sequence restarts at ``000000``):
+    pass ``channel_layout=False`` there (:func:`slidr.data.superpixels.legacy_layout_is_unique`).
 
     Raises
     ------
     DataError
         None or several of them exist.
     """
-    base = Path(from_dir) / channel / Path(image).stem
-    found = [base.with_name(base.name + ext) for ext in MASK_EXTENSIONS if base.with_name(base.name + ext).is_file()]
-    if base.is_dir():
-        found.append(base)
+    relative = Path(image)
+    bases = [Path(from_dir) / relative.with_suffix("")]
+    if channel_layout:
+        bases.append(Path(from_dir) / channel / relative.stem)
+    found = []
+    for base in bases:
+        found += [base.with_name(base.name + ext) for ext in MASK_EXTENSIONS
+                  if base.with_name(base.name + ext).is_file()]
+        if base.is_dir():
+            found.append(base)
     if not found:
-        raise DataError(f"no mask file for image {image}: expected {base}{{{','.join(MASK_EXTENSIONS)}}} "
-                        f"or a folder {base}/ of mask PNGs")
+        expected = " or ".join(f"{base}{{{','.join(MASK_EXTENSIONS)}}}" for base in bases)
+        raise DataError(f"no mask file for image {image}: expected {expected} or a folder {bases[-1]}/ of mask PNGs")
     if len(found) > 1:
         raise DataError(f"several mask files for image {image}: {', '.join(str(path) for path in found)}; "
                         "keep one")
@@ -253,12 +263,12 @@ def image_sizes(samples: Iterable[dict]) -> dict[tuple[str, str], tuple[int, int
 
 def import_index_masks(jobs: Sequence[SuperpixelJob], sizes: dict[tuple[str, str], tuple[int, int]],
                        from_dir: str | Path, folder: str | Path, fill: str = "unlabelled", resize: bool = False,
-                       workers: int = 1, show_progress: bool = True, report_name: str = "report.json"
-                       ) -> dict[str, Any]:
+                       workers: int = 1, show_progress: bool = True, report_name: str = "report.json",
+                       convert_legacy: bool = False, channel_layout: bool = True) -> dict[str, Any]:
     """Import the mask file of every job that is not finished yet into ``folder``; return (and write) a report.
 
     Every image must have exactly one mask file (checked first, one error for all). Resumable and shardable like
-    :func:`slidr.data.superpixels.compute_index_superpixels`: finished label PNGs are skipped. ``folder`` keeps
+    :func:`slidr.data.superpixels.compute_index_superpixels`: finished label files are skipped. ``folder`` keeps
     the import settings in ``source.json``; importing other masks or settings into it is refused.
 
     Parameters
@@ -271,11 +281,14 @@ def import_index_masks(jobs: Sequence[SuperpixelJob], sizes: dict[tuple[str, str
     workers : processes working in parallel.
     show_progress : show a progress bar.
     report_name : file name of the JSON report written into ``folder``.
+    convert_legacy : convert label PNGs of the legacy layout instead of importing again (see
+        :func:`slidr.data.superpixels.plan_label_files`).
+    channel_layout : also look for mask files at ``DIR/<CHANNEL>/<stem>`` (:func:`find_mask_file`).
 
     Returns
     -------
-    The report: images, computed (imported), skipped, segments (masks) per image min/median/max, mean fraction
-    of pixels without mask over the images imported by this run, wall time and images/s.
+    The report: images, computed (imported), converted, skipped, segments (masks) per image min/median/max, mean
+    fraction of pixels without mask over the images imported by this run, wall time and images/s.
     """
     from_dir, folder = Path(from_dir), Path(folder)
     if fill not in FILL_MODES:
@@ -287,51 +300,36 @@ def import_index_masks(jobs: Sequence[SuperpixelJob], sizes: dict[tuple[str, str
     missing, sources = [], []
     for job in jobs:
         try:
-            sources.append(find_mask_file(from_dir, job.channel, job.image))
+            sources.append(find_mask_file(from_dir, job.channel, job.image, channel_layout))
         except DataError as error:
             missing.append(str(error))
     if missing:
         raise DataError(f"{len(missing)} of {len(jobs)} camera images have no usable mask file, e.g. {missing[0]}")
     settings = {"from": str(from_dir.resolve()), "fill": fill, "resize": resize}
     _check_import_settings(folder, settings)
-    targets = [superpixel_path(folder, job.channel, job.image) for job in jobs]
-    _remove_stale_temporaries({target.parent for target in targets})
-    segments: dict[Path, int] = {}
-    todo = []
-    for job, source, target in zip(jobs, sources, targets):
-        if is_complete_png(target):
-            segments[target] = read_segment_count(target)
-        else:
-            todo.append((str(source), str(target), sizes[(job.channel, job.image)], fill, resize))
+    plan = plan_label_files(jobs, folder, convert_legacy, workers)
+    todo = [(str(sources[i]), str(plan.targets[i]), sizes[(jobs[i].channel, jobs[i].image)], fill, resize)
+            for i in plan.todo]
     start = time.perf_counter()
     unlabelled = []
     bar = progress(total=len(todo), desc=f"masks {folder.name}", unit="img", disable=not show_progress)
     try:
         for target, count, fraction in _run_tasks(todo, workers, _import_one):
-            segments[Path(target)] = count
+            plan.segments[Path(target)] = count
             unlabelled.append(fraction)
             bar.update(1)
     finally:
         bar.close()
     wall = time.perf_counter() - start
-    counts = [segments[target] for target in targets]
     report = {
         "folder": str(folder),
         "method": "masks",
         "key": folder.name,
         **settings,
-        "images": len(targets),
-        "computed": len(todo),
-        "skipped": len(targets) - len(todo),
-        "workers": workers,
-        "wall_s": round(wall, 3),
-        "images_per_s": round(len(todo) / wall, 3) if todo and wall > 0 else None,
-        "segments_min": min(counts) if counts else None,
-        "segments_median": statistics.median(counts) if counts else None,
-        "segments_max": max(counts) if counts else None,
+        **plan.report(len(todo), workers, wall),
         "unlabelled_fraction_mean": round(float(np.mean(unlabelled)), 6) if unlabelled else None,
     }
-    if targets:
+    if plan.targets:
         write_json(folder / report_name, report)
     return report
 
@@ -340,7 +338,7 @@ def _import_one(task: tuple) -> tuple[str, int, float]:
     source, target, image_hw, fill, resize = task
     labels = mask_labels(source, image_hw, fill, resize)
     segments = int(labels.max())  # ids are 1..S
-    write_label_png(target, labels, segments)
+    write_labels(target, labels, segments)
     return target, segments, float(np.mean(labels == UNLABELLED))
 
 

@@ -47,7 +47,7 @@ def quantize(points: np.ndarray, mode: Literal["cylindrical", "cartesian"] = "cy
         scaled = xyz / size
     else:
         raise ValueError(f"voxelize: unknown mode {mode!r}; expected 'cylindrical' or 'cartesian'")
-    return np.floor(scaled).astype(np.int64)
+    return np.floor(scaled, out=scaled).astype(np.int64)
 
 
 def voxelize(points: np.ndarray, mode: Literal["cylindrical", "cartesian"] = "cylindrical", size: float = 0.1,
@@ -68,8 +68,9 @@ def voxelize(points: np.ndarray, mode: Literal["cylindrical", "cartesian"] = "cy
     grid = quantize(points, mode, size, azimuth_step_deg)
     if grid.shape[0] == 0:
         return np.zeros((0, 3), np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    low = grid.min(axis=0)
-    extent = grid.max(axis=0) - low + 1
+    # per column: the same values as reducing (N, 3) over axis 0, several times faster
+    low = np.array([grid[:, axis].min() for axis in range(3)])
+    extent = np.array([grid[:, axis].max() for axis in range(3)]) - low + 1
     if float(extent[0]) * float(extent[1]) * float(extent[2]) >= 2.0**62:
         raise ValueError(f"voxelize: the scan spans {extent.tolist()} voxels, too many for 64-bit keys; "
                          f"use a larger voxel size")
@@ -77,7 +78,7 @@ def voxelize(points: np.ndarray, mode: Literal["cylindrical", "cartesian"] = "cy
     shifted = grid - low
     keys = (shifted[:, 0] * extent[1] + shifted[:, 1]) * extent[2] + shifted[:, 2]
     _, kept_index, inverse_map = np.unique(keys, return_index=True, return_inverse=True)
-    coords = grid[kept_index].astype(np.int32)
+    coords = np.take(grid, kept_index, axis=0).astype(np.int32)  # np.take: faster than fancy row indexing
     return coords, kept_index.astype(np.int64), inverse_map.astype(np.int64).reshape(-1)
 
 

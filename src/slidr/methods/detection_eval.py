@@ -583,6 +583,22 @@ def bev_overlap(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return _pairwise(1, _check_boxes(boxes_a, 7, "boxes_a"), _check_boxes(boxes_b, 7, "boxes_b"))
 
 
+def lidar_bev_overlap(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Bird's-eye-view IoU of lidar boxes on the ``(x, y)`` plane: (N, 7), (M, 7) ``[x, y, z, dx, dy, dz, yaw]``
+    (the layout of :func:`lidar_to_camera_boxes`) -> (N, M).
+
+    The mirror image ``(x, -y)`` of a footprint with length ``dx`` along ``(cos yaw, sin yaw)`` and width ``dy``
+    is the footprint of the camera box ``[x, 0, -y, dx, 1, dy, yaw]`` on the ``(x, z)`` plane; mirroring both
+    boxes keeps their areas and their intersection, so :func:`bev_overlap` measures it.
+    """
+    def mirrored(boxes: np.ndarray, name: str) -> np.ndarray:
+        boxes = _check_boxes(boxes, 7, name)
+        return np.column_stack([boxes[:, 0], np.zeros(len(boxes)), -boxes[:, 1], boxes[:, 3], np.ones(len(boxes)),
+                                boxes[:, 4], boxes[:, 6]])
+
+    return _pairwise(1, mirrored(boxes_a, "boxes_a"), mirrored(boxes_b, "boxes_b"))
+
+
 def box3d_overlap(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     """3D IoU of camera boxes: (N, 7), (M, 7) ``[x, y, z, l, h, w, ry]`` -> (N, M); each box spans ``y - h .. y``."""
     return _pairwise(2, _check_boxes(boxes_a, 7, "boxes_a"), _check_boxes(boxes_b, 7, "boxes_b"))
