@@ -80,9 +80,9 @@ class CosineSchedule:
             return step / warmup
         if self.constant:
             return 1.0
-        progress = step // self.steps_per_epoch if self.steps_per_epoch else step - warmup
+        done = step // self.steps_per_epoch if self.steps_per_epoch else step - warmup
         span = max(1, self.total - warmup)
-        progress = min(progress, span) / span
+        progress = min(done, span) / span
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -37,6 +37,11 @@ class ImageToLidarModule(PretrainModule):
         See :class:`~slidr.engine.module.PretrainModule`; default: :class:`slidr.data.datasets.PretrainDataset`.
     """
 
+    # typed for what the methods use: a BACKBONES network (forward, forward_features, feature_channels, final)
+    # and an ImageTeacher-like module (encode, decode, encoder, head)
+    model_points: Any
+    model_images: Any
+
     def __init__(self, cfg: PretrainConfig, model_points: Optional[torch.nn.Module] = None,
                  model_images: Optional[torch.nn.Module] = None, dataset: Optional[Dataset] = None,
                  collate: Optional[Callable] = None) -> None:

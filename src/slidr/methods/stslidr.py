@@ -55,9 +55,9 @@ class STSLidRModule(SLidRModule):
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         head_features, teacher_features = pixel_features
         loss_cfg = self.cfg.loss
-        weighting = dict(temperature=loss_cfg.temperature, min_quantile=loss_cfg.min_quantile,
-                         max_quantile=loss_cfg.max_quantile, class_balance=loss_cfg.class_balance,
-                         balance_threshold=loss_cfg.balance_threshold)
+        weighting: dict[str, Any] = {"temperature": loss_cfg.temperature, "min_quantile": loss_cfg.min_quantile,
+                                     "max_quantile": loss_cfg.max_quantile, "class_balance": loss_cfg.class_balance,
+                                     "balance_threshold": loss_cfg.balance_threshold}
         if loss_cfg.gather_negatives and is_distributed():
             embeddings = losses.tolerant_superpixel_embeddings(point_features, batch["pairing_images"], head_features,
                                                                batch["superpixels"], teacher_features,
