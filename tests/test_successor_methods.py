@@ -144,6 +144,22 @@ def test_pairs_on_unlabelled_mask_pixels_are_left_out_with_imported_masks(method
     assert masks.compute_loss(everything_unlabelled)[0] is None  # nothing to learn: the batch is skipped
 
 
+@pytest.mark.parametrize("method", ["scalr", "stslidr"])
+def test_loss_decreases_on_a_fixed_batch(method):
+    torch.set_num_threads(1)
+    module = _module(method)
+    optimizer = torch.optim.AdamW(module.trainable_parameters(), lr=1e-2)
+    batch = _batch()
+    values = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss, _ = module.compute_loss(batch)
+        loss.backward()
+        optimizer.step()
+        values.append(loss.item())
+    assert values[-1] < values[0] - 0.1, values
+
+
 def test_methods_refuse_settings_they_cannot_use():
     with pytest.raises(ConfigError, match="stslidr .*superpixels"):
         _module("stslidr", "data.superpixels.method=none")
