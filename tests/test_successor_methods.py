@@ -347,6 +347,7 @@ def _gathered_worker(rank: int, world_size: int, init_file: str, out: str) -> No
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch and Lightning
 def test_gathered_negatives_over_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
     mp.spawn(_gathered_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
