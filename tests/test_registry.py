@@ -121,7 +121,7 @@ def test_shipped_registries():
     from slidr.engine.module import PretrainModule
 
     methods = registry("method")
-    assert methods.names() == ("depthcontrast", "pointcontrast", "ppkt", "slidr")
+    assert methods.names() == ("depthcontrast", "pointcontrast", "ppkt", "scalr", "slidr", "stslidr")
     assert all(issubclass(methods.get(name), PretrainModule) for name in methods.names())
     assert registry("optimizer").names() == ("adam", "adamw", "sgd")
     assert {"minkunet34", "minkunet14_half"} <= set(registry("backbone").names())
@@ -144,5 +144,5 @@ def test_pretrain_help_lists_the_registered_names(capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "method: depthcontrast, pointcontrast, ppkt, slidr" in out
+    assert "method: depthcontrast, pointcontrast, ppkt, scalr, slidr, stslidr" in out
     assert "optim.optimizer: adam, adamw, sgd" in out

@@ -248,6 +248,12 @@ class LossConfig(ConfigBase):
     queue_size: int = 60000  # DepthContrast
     momentum: float = 0.999  # DepthContrast key encoders
     embedding_dim: int = 128  # DepthContrast: size of the global (pooled) embeddings
+    # ST-SLidR (TRAILab/ST-SLidR): per-anchor quantiles of the negatives' weights 1 - clip(teacher cosine, 0, 1)
+    # outside which a negative gets weight 0 (0 and 1: the soft weights themselves); release: 0.01 and 1.0
+    min_quantile: float = 0.01
+    max_quantile: float = 1.0
+    class_balance: bool = True  # ST-SLidR: weight anchors by the rarity of their teacher features (votes)
+    balance_threshold: float = 0.5  # ST-SLidR: teacher similarities below it do not vote (noise)
 
     def validate(self, where: str) -> None:
         positive(self.temperature, subkey(where, "temperature"))
@@ -255,6 +261,37 @@ class LossConfig(ConfigBase):
         positive(self.queue_size, subkey(where, "queue_size"))
         _in_unit_interval(self.momentum, subkey(where, "momentum"))
         positive(self.embedding_dim, subkey(where, "embedding_dim"))
+        _in_unit_interval(self.min_quantile, subkey(where, "min_quantile"))
+        _in_unit_interval(self.max_quantile, subkey(where, "max_quantile"))
+        if self.min_quantile > self.max_quantile:
+            raise ConfigError(f"{subkey(where, 'min_quantile')} ({self.min_quantile}) must not exceed "
+                              f"{subkey(where, 'max_quantile')} ({self.max_quantile})",
+                              key=subkey(where, "min_quantile"))
+        if not -1 <= self.balance_threshold <= 1:
+            raise ConfigError(f"{subkey(where, 'balance_threshold')} is a cosine similarity, in [-1, 1], got "
+                              f"{self.balance_threshold}", key=subkey(where, "balance_threshold"))
+
+
+@dataclass(frozen=True)
+class ScalrConfig(ConfigBase):
+    """ScaLR-style distillation (``method: scalr``; valeoai/ScaLR): point features regressed onto the frozen
+    teacher's pixel features through a projection head, without negatives. Defaults are the release's."""
+
+    head: Literal["linear", "mlp"] = "linear"  # projection of the 3D features (release: one linear layer)
+    head_hidden: Optional[int] = None  # width of the MLP's hidden layer (head: mlp; default: its input width)
+    distance: Literal["euclidean", "cosine"] = "euclidean"  # ||k/|k| - q/|q||| (release) or 1 - cos
+    one_camera: bool = True  # one camera drawn per scan, only its image decoded (release); false: every camera
+    paired_points_only: bool = True  # the 3D network sees only the points projecting into a loaded image (release)
+    max_points: Optional[int] = 20000  # random subset of the points fed to the 3D network; null: all
+
+    def validate(self, where: str) -> None:
+        if self.head_hidden is not None:
+            positive(self.head_hidden, subkey(where, "head_hidden"))
+            if self.head != "mlp":
+                raise ConfigError(f"{subkey(where, 'head_hidden')} is the hidden width of head 'mlp'; head is "
+                                  f"{self.head!r}", key=subkey(where, "head_hidden"))
+        if self.max_points is not None:
+            positive(self.max_points, subkey(where, "max_points"), "(or null: every point)")
 
 
 @dataclass(frozen=True)
@@ -269,6 +306,9 @@ class OptimConfig(ConfigBase):
     weight_decay: float = 1e-4
     scheduler: Literal["cosine", "constant"] = "cosine"
     min_lr: float = 0.0
+    # linear warmup from 0 over this many optimizer steps, then the schedule per step over the remaining ones
+    # (ScaLR's WarmupCosine); 0: none, the cosine is epoch-wise (SLidR)
+    warmup_steps: int = 0
 
     def validate(self, where: str) -> None:
         positive(self.lr, subkey(where, "lr"))
@@ -278,6 +318,7 @@ class OptimConfig(ConfigBase):
         _in_unit_interval(self.dampening, subkey(where, "dampening"))
         at_least(self.weight_decay, 0, subkey(where, "weight_decay"))
         at_least(self.min_lr, 0, subkey(where, "min_lr"))
+        at_least(self.warmup_steps, 0, subkey(where, "warmup_steps"))
 
 
 @dataclass(frozen=True)
@@ -351,6 +392,7 @@ class PretrainConfig(ConfigBase):
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pairs: ScanPairConfig = field(default_factory=ScanPairConfig)
+    scalr: ScalrConfig = field(default_factory=ScalrConfig)
 
     def validate(self, where: str) -> None:
         if self.trainer.epochs is None:

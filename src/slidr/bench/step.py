@@ -1,4 +1,4 @@
-"""``slidr bench step``: time of one SLidR / PPKT training step, broken down into its stages.
+"""``slidr bench step``: time of one image-to-lidar training step (SLidR, PPKT, ST-SLidR, ScaLR), by stage.
 
 Stages: data (loading and collating a batch in this process, and moving it to the device), image (frozen encoder
 + head forward), points (3D network forward), loss (forward), backward (all of it), optimizer (the configured
@@ -24,7 +24,7 @@ from slidr.cli.settings import CommandSettings, count
 from slidr.config import PretrainConfig
 
 NAME = "step"
-HELP = "time per SLidR/PPKT training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
+HELP = "time per image-to-lidar training step: data, image encoder, 3D forward, loss, backward (JSON with --json)"
 STAGES = ("data_ms", "image_ms", "points_ms", "loss_ms", "backward_ms", "optimizer_ms")
 SETTINGS = CommandSettings(PretrainConfig, default_config="pretrain/demo_cpu.yaml",
                            config_help="pretraining config (set data.index=...)",
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     torch.manual_seed(cfg.trainer.seed)
     module = build_module(cfg).to(device).train()
     if not isinstance(module, ImageToLidarModule):
-        raise SlidrError(f"method {cfg.method!r}: bench step times image-to-lidar methods (slidr, ppkt)")
+        raise SlidrError(f"method {cfg.method!r}: bench step times image-to-lidar methods (slidr, ppkt, stslidr, "
+                         f"scalr)")
     backends = [cfg.backbone.backend, *(["spconv"] if compare else [])]
     use = backend_switch(module.model_points, backends)
     dataset, collate = module.train_dataset()
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     def load(number: int) -> tuple[dict, float]:
         items = [((number * size + i) % len(dataset), derive_seed(cfg.trainer.seed, number, i)) for i in range(size)]
-        return timed_ms(lambda: {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                                 for k, v in collate([seeded[item] for item in items]).items()})
+        return timed_ms(lambda: module.select_pairs({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                                                     for k, v in collate([seeded[item] for item in items]).items()}))
 
     def train_step(batch: dict) -> dict:
         with MemoryPeak(device) as memory:

@@ -19,6 +19,7 @@ at the crop's nearest-neighbour grid, so no label the crop discards is decoded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -33,6 +34,7 @@ from slidr.data.augment import (
     dct_reduction,
     normalize_images,
     rotate_flip_points,
+    select_points,
     select_rows,
     source_indices,
     transform_image,
@@ -129,6 +131,67 @@ class PretrainDataset(_ScanDataset):
         return load_pretrain_sample(self.index, self.sample(item), self.cfg,
                                     self._rng(item) if self.train else None, self.superpixel_folder,
                                     self.superpixel_command)
+
+
+class CameraSubsetDataset(PretrainDataset):
+    """Pretraining samples restricted ScaLR's way (valeoai/ScaLR): one camera per scan, the points it sees.
+
+    Per sample, with the sample's random generator: one camera of ``data_cfg.cameras`` drawn uniformly (whether
+    or not points project into it), and only its image decoded (``one_camera``); then only the points paired
+    with a loaded image kept (``paired_points_only``: the 3D network sees the camera's frustum), then at most
+    ``max_points`` of the points, drawn without replacement. The sample is the :class:`PretrainDataset` one
+    with K = 1 camera (or all of them) and ``channels``: the camera channel of each of its images. With every
+    option off it is exactly :class:`PretrainDataset`'s sample (plus ``channels``).
+
+    Selecting points re-voxelizes the kept points (one more voxelization of a smaller cloud).
+
+    Parameters
+    ----------
+    index, split, data_cfg, train
+        As :class:`PretrainDataset`.
+    one_camera : bool
+        One random camera per scan (ScaLR) instead of all of ``data_cfg.cameras``.
+    paired_points_only : bool
+        Keep only the points paired with a pixel of a loaded image.
+    max_points : int, optional
+        Keep at most this many points (random subset); None: all.
+    """
+
+    def __init__(self, index: DatasetIndex | str | Path, split: Optional[str], data_cfg: DataConfig,
+                 train: bool = True, one_camera: bool = True, paired_points_only: bool = True,
+                 max_points: Optional[int] = None):
+        super().__init__(index, split, data_cfg, train)
+        if max_points is not None and max_points < 1:
+            raise ValueError(f"max_points must be >= 1 or None, got {max_points}")
+        self.one_camera = one_camera
+        self.paired_points_only = paired_points_only
+        self.max_points = max_points
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        rng = self._rng(item)
+        cfg = self.cfg
+        if self.one_camera:
+            cfg = dataclasses.replace(cfg, cameras=[cfg.cameras[int(rng.integers(len(cfg.cameras)))]])
+        out = load_pretrain_sample(self.index, self.sample(item), cfg, rng if self.train else None,
+                                   self.superpixel_folder, self.superpixel_command)
+        out["channels"] = list(cfg.cameras)
+        keep = np.ones(len(out["points"]), bool)
+        if self.paired_points_only:
+            keep[:] = False
+            keep[out["pairing_points"]] = True
+        if self.max_points is not None and int(keep.sum()) > self.max_points:
+            chosen = rng.choice(np.flatnonzero(keep), self.max_points, replace=False)
+            keep[:] = False
+            keep[chosen] = True
+        if keep.all():
+            return out
+        out["pairing_points"], out["pairing_images"] = select_points(keep, out["pairing_points"],
+                                                                     out["pairing_images"])
+        out.update(_voxel_part(select_rows(out["points"], keep), self.index.format, cfg))
+        out.pop("kept_index")
+        if "labels" in out:
+            out["labels"] = out["labels"][keep]
+        return out
 
 
 class DownstreamDataset(_ScanDataset):

@@ -12,6 +12,19 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is true in some process (one small all-reduce; ``flag`` itself without DDP).
+
+    Every process must call it at the same point: e.g. before collective operations that a process with nothing
+    to contribute would otherwise skip, leaving the others waiting.
+    """
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
+
+
 def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate ``tensor`` (N_r, ...) of every process along dim 0; gradients flow to the local part only.
 

@@ -1,4 +1,5 @@
-"""Image-to-lidar distillation: SLidR (superpixel-driven InfoNCE) and PPKT (point-pixel InfoNCE).
+"""Image-to-lidar distillation: SLidR (superpixel-driven InfoNCE) and PPKT (point-pixel InfoNCE); the base of its
+successors (:mod:`slidr.methods.stslidr`, :mod:`slidr.methods.scalr`).
 
 Per batch: voxel features -> 3D network -> per-point features (``inverse_map``) -> features of the paired
 points; image features from the frozen encoder and the trainable head; the method's contrastive loss between
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from slidr.config import PretrainConfig
-from slidr.engine.distributed import gathered_info_nce, is_distributed
+from slidr.engine.distributed import any_process, gathered_info_nce, is_distributed
 from slidr.engine.module import PretrainModule
 from slidr.methods import METHODS, losses
 from slidr.models import sparse_input
@@ -35,6 +36,11 @@ class ImageToLidarModule(PretrainModule):
     dataset, collate : optional
         See :class:`~slidr.engine.module.PretrainModule`; default: :class:`slidr.data.datasets.PretrainDataset`.
     """
+
+    # typed for what the methods use: a BACKBONES network (forward, forward_features, feature_channels, final)
+    # and an ImageTeacher-like module (encode, decode, encoder, head)
+    model_points: Any
+    model_images: Any
 
     def __init__(self, cfg: PretrainConfig, model_points: Optional[torch.nn.Module] = None,
                  model_images: Optional[torch.nn.Module] = None, dataset: Optional[Dataset] = None,
@@ -70,25 +76,36 @@ class ImageToLidarModule(PretrainModule):
         voxel_features = self.model_points(sparse_input(batch))
         return voxel_features[batch["inverse_map"][batch["pairing_points"]]]
 
-    def forward_images(self, batch: dict) -> torch.Tensor:
-        """Pixel features (B*K, C, H, W) from the frozen encoder and the trainable head."""
+    def forward_images(self, batch: dict) -> Any:
+        """Pixel features (B*K, C, H, W) from the frozen encoder and the trainable head (a method may return
+        more, e.g. a tuple of tensors, that its :meth:`contrast` takes)."""
         return self.model_images(batch["images"])
 
-    def contrast(self, point_features: torch.Tensor, pixel_features: torch.Tensor, batch: dict
+    def select_pairs(self, batch: dict) -> dict:
+        """The batch with only the pairs the loss uses (default: all of them, the batch itself)."""
+        return batch
+
+    def contrast(self, point_features: torch.Tensor, pixel_features: Any, batch: dict
                  ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The method's loss and stats from float32 point features (P, C) and pixel features (B*K, C, H, W)."""
+        """The method's loss and stats from float32 point features (P, C) and pixel features (B*K, C, H, W), or
+        whatever :meth:`forward_images` returns, in float32."""
         raise NotImplementedError
 
-    def loss_from_features(self, point_features: torch.Tensor, pixel_features: torch.Tensor,
+    def loss_from_features(self, point_features: torch.Tensor, pixel_features: Any,
                            batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """:meth:`contrast` in float32, outside autocast; stats as plain floats."""
         with torch.autocast(device_type=point_features.device.type, enabled=False):
-            loss, stats = self.contrast(point_features.float(), pixel_features.float(), batch)
+            loss, stats = self.contrast(point_features.float(), _float32(pixel_features), batch)
         stats = {key: float(value) for key, value in dict(stats).items() if key != "empty"}
         return loss, stats
 
     def compute_loss(self, batch: dict) -> tuple[Optional[torch.Tensor], dict[str, float]]:
-        if batch["pairing_points"].numel() == 0:
+        batch = self.select_pairs(batch)
+        empty = batch["pairing_points"].numel() == 0
+        if self.cfg.loss.gather_negatives and is_distributed():
+            # gathering negatives is a collective operation: every process skips, or none does
+            empty = any_process(empty, batch["pairing_points"].device)
+        if empty:
             return None, {}
         point_features = self.forward_points(batch)
         pixel_features = self.forward_images(batch)
@@ -97,10 +114,30 @@ class ImageToLidarModule(PretrainModule):
         return loss, stats
 
 
+def _float32(features: Any) -> Any:
+    """Tensors (or tuples of them) in float32."""
+    if isinstance(features, tuple):
+        return tuple(_float32(item) for item in features)
+    return features.float()
+
+
 @METHODS.register("slidr")
 class SLidRModule(ImageToLidarModule):
     """SLidR: InfoNCE between superpixel-pooled point and pixel features (``loss.use_superpixels: false``: every
-    pixel of ``loss.num_matches`` random pairs is its own superpixel)."""
+    pixel of ``loss.num_matches`` random pairs is its own superpixel).
+
+    Imported masks (``data.superpixels.method: masks``, e.g. SAM's as in Seal): pixels no mask covers have id 0;
+    the pairs on them are dropped before the loss (:meth:`select_pairs`), so that region is no superpixel.
+    """
+
+    def select_pairs(self, batch: dict) -> dict:
+        if self.cfg.data.superpixels.method != "masks" or not self.cfg.loss.use_superpixels:
+            return batch
+        from slidr.data.pairing import pairs_in_labelled_superpixels
+
+        keep = pairs_in_labelled_superpixels(batch["pairing_images"], batch["superpixels"])
+        return {**batch, "pairing_points": batch["pairing_points"][keep],
+                "pairing_images": batch["pairing_images"][keep]}
 
     def contrast(self, point_features: torch.Tensor, pixel_features: torch.Tensor, batch: dict
                  ) -> tuple[torch.Tensor, dict[str, Any]]:

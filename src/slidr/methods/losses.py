@@ -517,6 +517,121 @@ def semantically_tolerant_infonce(
         for lack of a teacher feature), ``dropped_negatives`` (mean per anchor of negatives of weight 0),
         ``empty``.
     """
+    num_pairs = _check_tolerant_inputs(point_features, pairing_images, pixel_features, superpixels,
+                                       teacher_features)
+    if not 0.0 <= min_quantile <= max_quantile <= 1.0:
+        raise ValueError(f"need 0 <= min_quantile <= max_quantile <= 1, got {min_quantile}, {max_quantile}")
+    empty_stats: Stats = {"pairs": num_pairs, "superpixels": 0, "unseen_by_teacher": 0, "dropped_negatives": 0.0,
+                          "empty": True}
+    if num_pairs == 0:
+        return _zero_loss(point_features, pixel_features), empty_stats
+    embeddings = _tolerant_embeddings(point_features, pairing_images, pixel_features, superpixels, teacher_features,
+                                      renormalize)
+    num_kept = embeddings.superpoints.shape[0]
+    if num_kept == 0:
+        return _zero_loss(point_features, pixel_features), {**empty_stats, "unseen_by_teacher": embeddings.unseen}
+    similarity = embeddings.teacher @ embeddings.teacher.transpose(0, 1)
+    loss, stats = tolerant_info_nce(embeddings.superpoints, embeddings.superpixels, similarity, temperature,
+                                    min_quantile, max_quantile, class_balance, balance_threshold)
+    return loss, {"pairs": num_pairs, "superpixels": num_kept, "unseen_by_teacher": embeddings.unseen,
+                  "dropped_negatives": stats["dropped_negatives"], "empty": False}
+
+
+class TolerantEmbeddings(NamedTuple):
+    """The superpixels ST-SLidR contrasts, row-aligned (K = superpixels with points and a teacher feature)."""
+
+    superpoints: torch.Tensor  # (K, C) mean point feature
+    superpixels: torch.Tensor  # (K, C) mean image-head feature
+    teacher: torch.Tensor  # (K, D) L2-normalised mean teacher feature, without gradient
+    unseen: int  # superpixels with points dropped for lack of a teacher feature
+
+
+def tolerant_superpixel_embeddings(
+    point_features: torch.Tensor,
+    pairing_images: torch.Tensor,
+    pixel_features: torch.Tensor,
+    superpixels: torch.Tensor,
+    teacher_features: torch.Tensor,
+    renormalize: bool = False,
+) -> TolerantEmbeddings:
+    """The superpoint, superpixel and teacher embeddings of :func:`semantically_tolerant_infonce`.
+
+    For a trainer that gathers them across processes before :func:`tolerant_info_nce`. Parameters as
+    :func:`semantically_tolerant_infonce`; with no pair, K = 0.
+
+    Returns
+    -------
+    TolerantEmbeddings
+        Rows sorted by image, then superpixel id.
+    """
+    _check_tolerant_inputs(point_features, pairing_images, pixel_features, superpixels, teacher_features)
+    return _tolerant_embeddings(point_features, pairing_images, pixel_features, superpixels, teacher_features,
+                                renormalize)
+
+
+def tolerant_info_nce(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    similarity: torch.Tensor,
+    temperature: float = 0.07,
+    min_quantile: float = 0.01,
+    max_quantile: float = 1.0,
+    class_balance: bool = True,
+    balance_threshold: float = 0.5,
+    offset: int = 0,
+) -> tuple[torch.Tensor, Stats]:
+    """ST-SLidR's weighted InfoNCE and class balance on given embeddings: anchors ``offset .. offset + K - 1`` of
+    N superpixels.
+
+    With every superpixel an anchor (``offset`` = 0, K = N) this is the loss of
+    :func:`semantically_tolerant_infonce`. Otherwise it is these anchors' share of it: ``sum_i a_i l_i /
+    sum_j a_j`` with ``i`` over the K anchors and ``j`` over all N (``sum_i l_i / N`` without class balance), so
+    the shares of disjoint anchor sets covering the N superpixels (one per DDP process) add up to the loss of
+    the whole batch. Weights and votes are computed from the full ``similarity``, as with one process.
+
+    Parameters
+    ----------
+    anchors : (K, C) tensor
+        Superpoint embeddings of the anchors.
+    positives : (N, C) tensor
+        Superpixel embeddings of all N superpixels; row ``offset + i`` is the positive of anchor i.
+    similarity : (N, N) tensor
+        Cosine similarity of the teacher features of the N superpixels (no gradient taken).
+    temperature, min_quantile, max_quantile, class_balance, balance_threshold
+        As :func:`semantically_tolerant_infonce`.
+    offset : int
+        Row of the first anchor among the N.
+
+    Returns
+    -------
+    loss : scalar tensor
+    stats : dict
+        ``dropped_negatives``: mean number of negatives of weight 0 per anchor.
+    """
+    num_anchors, num = anchors.shape[0], positives.shape[0]
+    if similarity.shape != (num, num):
+        raise ValueError(f"similarity must be ({num}, {num}), got {tuple(similarity.shape)}")
+    if not 0 <= offset <= num - num_anchors:
+        raise ValueError(f"anchors {offset}..{offset + num_anchors - 1} are not among the {num} superpixels")
+    rows = slice(offset, offset + num_anchors)
+    with torch.no_grad():
+        similarity = similarity.detach().to(anchors.dtype)
+        weights = semantic_tolerance_weights(similarity, min_quantile, max_quantile)[rows]
+        dropped = float((weights == 0).sum() / num_anchors) if num_anchors else 0.0
+    logits = (anchors @ positives.transpose(0, 1) / temperature) * weights
+    target = torch.arange(num_anchors, device=logits.device) + offset
+    per_anchor = F.cross_entropy(logits, target, reduction="none")
+    if class_balance:
+        with torch.no_grad():
+            anchor_weights = class_balance_weights(similarity, balance_threshold)
+        loss = (anchor_weights[rows] * per_anchor).sum() / anchor_weights.sum()
+    else:
+        loss = per_anchor.sum() / max(num, 1)
+    return loss, {"dropped_negatives": dropped}
+
+
+def _check_tolerant_inputs(point_features, pairing_images, pixel_features, superpixels, teacher_features) -> int:
+    """Shape checks of the ST-SLidR inputs; returns P."""
     num_pairs, channels = _check_pairs(point_features, pairing_images, "point_features")
     if pixel_features.dim() != 4 or pixel_features.shape[1] != channels:
         raise ValueError(f"pixel_features must be (M, {channels}, H, W), got {tuple(pixel_features.shape)}")
@@ -529,15 +644,17 @@ def semantically_tolerant_infonce(
     if teacher_features.shape[2] > height or teacher_features.shape[3] > width:
         raise ValueError(f"teacher_features ({tuple(teacher_features.shape[2:])}) must not be larger than the "
                          f"superpixel maps ({height}, {width})")
-    if not 0.0 <= min_quantile <= max_quantile <= 1.0:
-        raise ValueError(f"need 0 <= min_quantile <= max_quantile <= 1, got {min_quantile}, {max_quantile}")
-    empty_stats: Stats = {"pairs": num_pairs, "superpixels": 0, "unseen_by_teacher": 0, "dropped_negatives": 0.0,
-                          "empty": True}
-    if num_pairs == 0:
-        return _zero_loss(point_features, pixel_features), empty_stats
+    return num_pairs
 
+
+def _tolerant_embeddings(point_features, pairing_images, pixel_features, superpixels, teacher_features,
+                         renormalize) -> TolerantEmbeddings:
     point_features = _float32_at_least(point_features)
     pixel_features = _float32_at_least(pixel_features)
+    _, _, height, width = pixel_features.shape
+    if point_features.shape[0] == 0:
+        none = point_features[:0]  # (0, C), still attached to the graph
+        return TolerantEmbeddings(none, none, point_features.new_zeros(0, teacher_features.shape[1]), 0)
     image, row, col = pairing_images.to(device=point_features.device, dtype=torch.long).unbind(1)
     superpoints, superpixel_means, pooling = _superpixel_means(point_features, image, row, col, pixel_features,
                                                                superpixels.to(point_features.device))
@@ -549,24 +666,7 @@ def semantically_tolerant_infonce(
                                                   height, width)
         seen = teacher_means.abs().amax(dim=1) > 0
         teacher_unit = F.normalize(teacher_means[seen], dim=1)
-        similarity = teacher_unit @ teacher_unit.transpose(0, 1)
-    unseen = int((~seen).sum())
-    if not bool(seen.any()):
-        return _zero_loss(point_features, pixel_features), {**empty_stats, "unseen_by_teacher": unseen}
-    superpoints, superpixel_means = superpoints[seen], superpixel_means[seen]
-    num_kept = superpoints.shape[0]
-    with torch.no_grad():
-        weights = semantic_tolerance_weights(similarity, min_quantile, max_quantile).to(superpoints.dtype)
-        dropped = float((weights == 0).sum() / num_kept) if num_kept else 0.0
-    logits = (superpoints @ superpixel_means.transpose(0, 1) / temperature) * weights
-    per_anchor = F.cross_entropy(logits, torch.arange(num_kept, device=logits.device), reduction="none")
-    if class_balance:
-        anchor_weights = class_balance_weights(similarity, balance_threshold).to(per_anchor.dtype)
-        loss = (anchor_weights * per_anchor).sum() / anchor_weights.sum()
-    else:
-        loss = per_anchor.mean()
-    return loss, {"pairs": num_pairs, "superpixels": num_kept, "unseen_by_teacher": unseen,
-                  "dropped_negatives": dropped, "empty": False}
+    return TolerantEmbeddings(superpoints[seen], superpixel_means[seen], teacher_unit, int((~seen).sum()))
 
 
 def semantic_tolerance_weights(similarity: torch.Tensor, min_quantile: float = 0.01, max_quantile: float = 1.0

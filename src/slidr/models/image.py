@@ -25,7 +25,7 @@ Missing or unexpected keys, or mismatched shapes, raise :class:`~slidr.errors.Sl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,31 +72,38 @@ class ConvNetSmall(nn.Module):
 class ImageTeacher(nn.Module):
     """Frozen encoder + trainable head. See the module docstring.
 
+    ``forward(images)`` is :meth:`decode` of :meth:`encode`; methods that also need the encoder's own features
+    (ST-SLidR's teacher similarities, ScaLR's distillation targets) call the two steps themselves, so the encoder
+    runs once.
+
     Attributes
     ----------
     encoder : nn.Module
         ``forward_features(x) -> (B, encoder.out_channels, H / stride, W / stride)``; frozen and kept in eval
         mode by :meth:`train` when ``freeze_encoder`` (BatchNorm statistics never move).
-    head : nn.Conv2d
-        The 1x1 convolution; its state dict is what pretraining exports (``weight``, ``bias``).
+    head : nn.Conv2d or None
+        The 1x1 convolution; its state dict is what pretraining exports (``weight``, ``bias``). None for a
+        teacher without head (``out_channels=None``: the encoder's features are the output).
 
     Parameters
     ----------
     encoder : nn.Module
-    out_channels, normalize_output, freeze_encoder
+    out_channels : int or None
+        Channels of the head; None: no head, ``out_channels`` is the encoder's.
+    normalize_output, freeze_encoder
         See :class:`~slidr.config.ImageModelConfig`.
     input_mean, input_std : three floats
         The RGB normalisation (images in [0, 1]) the encoder's weights expect; default ImageNet's. Float input
         is ImageNet-normalised, so other statistics re-normalise it.
     """
 
-    def __init__(self, encoder: nn.Module, out_channels: int = 64, normalize_output: bool = True,
+    def __init__(self, encoder: nn.Module, out_channels: Optional[int] = 64, normalize_output: bool = True,
                  freeze_encoder: bool = True, input_mean: Sequence[float] = IMAGENET_MEAN,
                  input_std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Conv2d(encoder.out_channels, out_channels, kernel_size=1)
-        self.out_channels = out_channels
+        self.head = nn.Conv2d(encoder.out_channels, out_channels, kernel_size=1) if out_channels is not None else None
+        self.out_channels = out_channels if out_channels is not None else encoder.out_channels
         self.output_stride = encoder.output_stride
         self.normalize_output = normalize_output
         self.freeze_encoder = freeze_encoder
@@ -120,6 +127,11 @@ class ImageTeacher(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float (ImageNet-normalised) or uint8 images -> (B, out_channels, H, W) features."""
+        return self.decode(self.encode(images), images.shape[-2:])
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's features (B, encoder.out_channels, h, w) of (B, 3, H, W) images (as :meth:`forward`);
+        without gradient when the encoder is frozen."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if images.dtype == torch.uint8:
@@ -127,12 +139,70 @@ class ImageTeacher(nn.Module):
         elif self.renormalize:
             images = images * self.renorm_scale + self.renorm_shift
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
-            features = self.encoder.forward_features(images)
-        features = self.head(features)
-        features = F.interpolate(features, size=images.shape[-2:], mode="bilinear", align_corners=True)
+            return self.encoder.forward_features(images)
+
+    def decode(self, features: torch.Tensor, image_hw: Sequence[int]) -> torch.Tensor:
+        """Encoder features (B, D, h, w) -> head (if any), upsampled to ``image_hw`` (:func:`upsample`) and
+        L2-normalised when ``normalize_output``: (B, out_channels, H, W)."""
+        if self.head is not None:
+            features = self.head(features)
+        features = upsample(features, image_hw)
         if self.normalize_output:
             features = F.normalize(features, p=2, dim=1)
         return features
+
+
+def upsample(features: torch.Tensor, image_hw: Sequence[int]) -> torch.Tensor:
+    """Bilinear upsampling with ``align_corners=True`` (the authors' release, and ScaLR's): (B, C, h, w) ->
+    (B, C, H, W). The corner pixels of the map land on the corner pixels of the image."""
+    return F.interpolate(features, size=tuple(int(v) for v in image_hw), mode="bilinear", align_corners=True)
+
+
+def upsampled_at_pixels(features: torch.Tensor, image_hw: Sequence[int], pairing_images: torch.Tensor
+                        ) -> torch.Tensor:
+    """``upsample(features, image_hw)[image, :, row, col]`` for each pair, without the full-resolution maps.
+
+    With ``align_corners=True``, pixel ``r`` of an ``H``-row image reads the map at ``r (h - 1) / (H - 1)``; the
+    value is the bilinear blend of the four surrounding cells. Memory is (P, C) instead of (B, C, H, W), which
+    matters for wide teachers (ScaLR's DINOv2: 768-1,024 channels at 224x448 per image).
+
+    Parameters
+    ----------
+    features : (M, C, h, w) tensor
+        Feature maps of the M images.
+    image_hw : (H, W)
+        The image size the maps are upsampled to.
+    pairing_images : (P, 3) int64 tensor
+        ``[image, row, col]`` of each pair, rows in [0, H), columns in [0, W).
+
+    Returns
+    -------
+    (P, C) tensor, row-aligned with ``pairing_images``.
+    """
+    if features.dim() != 4:
+        raise ValueError(f"features must be (M, C, h, w), got {tuple(features.shape)}")
+    if pairing_images.dim() != 2 or pairing_images.shape[1] != 3:
+        raise ValueError(f"pairing_images must be (P, 3) [image, row, col], got {tuple(pairing_images.shape)}")
+    _, _, map_h, map_w = features.shape
+    image, row, col = pairing_images.to(device=features.device, dtype=torch.long).unbind(1)
+    row0, row1, row_weight = _source_cells(row, int(image_hw[0]), map_h, features.dtype)
+    col0, col1, col_weight = _source_cells(col, int(image_hw[1]), map_w, features.dtype)
+    row_weight, col_weight = row_weight.unsqueeze(1), col_weight.unsqueeze(1)
+    top = features[image, :, row0, col0] * (1 - col_weight) + features[image, :, row0, col1] * col_weight
+    bottom = features[image, :, row1, col0] * (1 - col_weight) + features[image, :, row1, col1] * col_weight
+    return top * (1 - row_weight) + bottom * row_weight
+
+
+def _source_cells(pixel: torch.Tensor, size: int, map_size: int, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two map cells a pixel blends under align_corners=True upsampling, and the weight of the second."""
+    if map_size == 1 or size == 1:
+        zero = torch.zeros_like(pixel)
+        return zero, zero, torch.zeros(pixel.shape, dtype=dtype, device=pixel.device)
+    position = pixel.to(torch.float64) * (map_size - 1) / (size - 1)
+    low = position.floor().long().clamp(max=map_size - 1)
+    high = (low + 1).clamp(max=map_size - 1)
+    return low, high, (position - low).to(dtype)
 
 
 def build_encoder(cfg: ImageModelConfig) -> nn.Module:
@@ -151,8 +221,12 @@ def build_encoder(cfg: ImageModelConfig) -> nn.Module:
     return entry.obj(**options)
 
 
-def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
-    """The image teacher of ``cfg``, with its encoder weights loaded from ``cfg.weights`` when given."""
+def build_image_model(cfg: ImageModelConfig, head: bool = True) -> ImageTeacher:
+    """The image teacher of ``cfg``, with its encoder weights loaded from ``cfg.weights`` when given.
+
+    ``head=False``: a teacher without head (its output is the encoder's features, upsampled); ``cfg.out_channels``
+    is then unused.
+    """
     metadata = IMAGE_ENCODERS.entry(cfg.encoder, where="image.encoder").metadata
     encoder = build_encoder(cfg)
     if cfg.weights is None:
@@ -163,7 +237,7 @@ def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
     else:
         load_encoder_weights(encoder, cfg.weights, cfg.weights_prefix,
                              tuple(metadata.get("weight_prefixes", ())) + COMMON_PREFIXES)
-    return ImageTeacher(encoder, cfg.out_channels, cfg.normalize_output, cfg.freeze_encoder,
+    return ImageTeacher(encoder, cfg.out_channels if head else None, cfg.normalize_output, cfg.freeze_encoder,
                         metadata.get("mean", IMAGENET_MEAN), metadata.get("std", IMAGENET_STD))
 
 
