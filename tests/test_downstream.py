@@ -204,9 +204,14 @@ def test_finetune_runs_and_resume_refuses_to_overwrite(tiny_world, tmp_path):
     with pytest.raises(SlidrError, match="already holds checkpoints"):
         run_downstream(cfg, tmp_path / "ft", dataset_factory=factory, enable_progress_bar=False)
     cfg = with_changes(cfg, {"trainer.epochs": 3})
-    resumed = run_downstream(cfg, tmp_path / "ft", resume=True, dataset_factory=factory, enable_progress_bar=False)
+    with pytest.raises(SlidrError, match=r"trainer.epochs: run 2, now 3.*--allow-changes"):
+        run_downstream(cfg, tmp_path / "ft", resume=True, dataset_factory=factory, enable_progress_bar=False)
+    resumed = run_downstream(cfg, tmp_path / "ft", resume=True, dataset_factory=factory, enable_progress_bar=False,
+                             allow_changes=True)
     assert len(resumed["epoch_losses"]) == 3
     assert resumed["epoch_losses"][:2] == summary["epoch_losses"]
+    recorded = json.loads((tmp_path / "ft" / "resume_changes.json").read_text())
+    assert recorded[-1]["changes"] == {"trainer.epochs": {"run": 2, "now": 3}}
 
 
 def test_empty_validation_split_is_an_error(tiny_world, tmp_path):
@@ -270,16 +275,21 @@ def test_empty_validation_split_of_real_index(tiny_index, tmp_path):
 
 
 def test_checkpoint_of_other_architecture_or_voxels_is_refused(tiny_index, tmp_path):
-    from slidr.engine.checkpoint import export_pretrained
-    from slidr.methods.downstream import build_segmentation_model
+    from slidr.engine.checkpoint import export_pretrained, save_atomic
+    from slidr.methods.downstream import build_segmentation_model, resolve_backbone
     from slidr.models.unet import build_backbone
 
     cfg = tiny_config(tiny_index)
     other = load_config(DownstreamConfig, None, ["backbone.name=minkunet14"])
-    path = export_pretrained(tmp_path / "pretrained.pt", build_backbone(other.backbone), None, other, "slidr")
-    with pytest.raises(SlidrError, match="does not fit the model.*shape mismatch"):
+    network = build_backbone(resolve_backbone(other))
+    path = export_pretrained(tmp_path / "pretrained.pt", network, None, other, "slidr")
+    with pytest.raises(SlidrError, match="backbone.name is 'minkunet14_half' but .*pretrained.pt holds a network "
+                                         "with name 'minkunet14'"):
         build_segmentation_model(cfg, NUM_CLASSES, str(path))
-    same = export_pretrained(tmp_path / "same.pt", build_backbone(cfg.backbone), None, cfg, "slidr")
+    save_atomic(network.state_dict(), tmp_path / "plain.pt")  # no recorded settings: the weights tell
+    with pytest.raises(SlidrError, match="does not fit the model.*shape mismatch"):
+        build_segmentation_model(cfg, NUM_CLASSES, str(tmp_path / "plain.pt"))
+    same = export_pretrained(tmp_path / "same.pt", build_backbone(resolve_backbone(cfg)), None, cfg, "slidr")
     model, info = build_segmentation_model(cfg, NUM_CLASSES, str(same))
     assert info["skipped"] == ["final.weight", "final.bias"]  # 64-d pretraining head left out
     cfg = with_changes(cfg, {"data.voxel.size": 0.2})
