@@ -41,7 +41,8 @@ def quiet_lightning() -> None:
 
     Its info messages (device summary, tips, "`Trainer.fit` stopped"), the warning about modules in eval mode
     (the frozen image teacher and a probe's backbone are in eval mode on purpose), the one about a logging
-    interval longer than an epoch (short runs) and torch's ``LeafSpec`` deprecation raised inside Lightning.
+    interval longer than an epoch (short runs), the one about a skipped step (``training_step`` returning None,
+    which slidr does on purpose and counts) and torch's ``LeafSpec`` deprecation raised inside Lightning.
     Lightning's warnings and errors are still shown.
     """
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -49,6 +50,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # a batch without anything to learn from is skipped on purpose (and counted: summary.json skipped_batches)
+    warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`")
 
 
 class RunLogger(CSVLogger):
