@@ -121,3 +121,14 @@ def test_toy_training_resumes_only_with_its_settings(tmp_path):
         _train(tmp_path, "run", cfg=with_changes(cfg, {"optim.lr": 0.5}), resume=True)
     summary = _train(tmp_path, "run", cfg=cfg, resume=True)
     assert summary["epochs"] == 2
+
+
+def test_the_demo_says_how_to_restart_a_run_of_other_settings(tmp_path):
+    from slidr import demo
+
+    cfg = load_config(DownstreamConfig, "downstream/probe_demo_cpu.yaml",
+                      ["mode=probe", "backbone.name=minkunet14_half", "backbone.in_channels=1"])
+    folder = _saved_run(tmp_path / "probe-slidr", cfg)
+    with pytest.raises(ConfigError, match=r"probe-slidr holds an interrupted run of an earlier demo with other "
+                                          r"settings \(trainer.epochs: 50 there, 2 now\); delete .*probe-slidr"):
+        demo.probe(with_changes(cfg, {"trainer.epochs": 2}), folder)

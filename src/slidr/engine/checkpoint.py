@@ -44,6 +44,15 @@ DOWNSTREAM_MODES = ("probe", "finetune")
 _EPOCH_FILE = re.compile(r"^epoch=(\d+)\.ckpt$")
 
 
+class ResumeConflict(ConfigError):
+    """Resuming a run with settings that differ from its ``config.yaml``; ``changes`` maps each dotted key to its
+    ``(run, now)`` values."""
+
+    def __init__(self, message: str, changes: Optional[Mapping[str, tuple[Any, Any]]] = None) -> None:
+        super().__init__(message, key=next(iter(changes)) if changes else None)
+        self.changes = dict(changes or {})
+
+
 class _RecordingWriter:
     """A binary file for ``torch.save`` that keeps the ``OSError`` of a failed write: torch reports a full disk as
     a ``RuntimeError`` without the reason ("unexpected pos ..."), the file system's own error says it."""
@@ -124,8 +133,8 @@ def start_run_folder(out: str | Path, config: Any, resume: bool, allow_changes: 
     ------
     SlidrError
         ``out`` already holds checkpoints and ``resume`` is False (a new run must never overwrite them).
-    ConfigError
-        Resuming with settings that differ from the run's, without ``allow_changes``.
+    ResumeConflict
+        Resuming with settings that differ from the run's, without ``allow_changes`` (a :class:`ConfigError`).
     """
     out = Path(out)
     checkpoint_dir = out / CHECKPOINT_DIR
@@ -140,10 +149,10 @@ def start_run_folder(out: str | Path, config: Any, resume: bool, allow_changes: 
         changes = config_differences(yaml.safe_load(saved.read_text()) or {}, yaml.safe_load(dump_config(config)))
         if changes and not allow_changes:
             listed = "; ".join(f"{key}: run {old!r}, now {new!r}" for key, (old, new) in changes.items())
-            raise ConfigError(f"--resume: these settings differ from the run's {saved}: {listed}. Resume with the "
-                              f"run's own settings (leave out --config and these overrides), or pass "
-                              f"--allow-changes to continue with the new values (recorded in "
-                              f"{out / RESUME_CHANGES_NAME})", key=next(iter(changes)))
+            raise ResumeConflict(f"--resume: these settings differ from the run's {saved}: {listed}. Resume with "
+                                 f"the run's own settings (leave out --config and these overrides), or pass "
+                                 f"--allow-changes to continue with the new values (recorded in "
+                                 f"{out / RESUME_CHANGES_NAME})", changes)
         if changes:
             _record_resume_changes(out / RESUME_CHANGES_NAME, resume_from, changes)
             logger.warning("warning: resuming %s with changed settings (%s); recorded in %s", out,
