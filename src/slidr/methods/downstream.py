@@ -554,6 +554,8 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     start = time.perf_counter()
     out = Path(out)
     cfg = with_resolved_backbone(cfg)  # the run's config.yaml records the network it trains
+    # the evaluation split first: an index that contradicts data.dataset is refused before the run folder exists
+    val_set, val_collate = dataset_factory(cfg, cfg.data.val_split, False)
     resume_from = start_run(out, cfg, resume, allow_changes)
 
     names = class_names(cfg.data.dataset)
@@ -568,7 +570,6 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     device = trainer.strategy.root_device  # where this process trains (the feature cache is computed there)
     batch_size = cfg.trainer.batch_size
 
-    val_set, val_collate = dataset_factory(cfg, cfg.data.val_split, False)
     use_cache = cfg.mode == "probe" and cfg.cache_features and not cfg.data.augment.enabled
     # the training scans the config names (label fraction included), cached or not: augmentation is off when
     # caching, so the training dataset yields each scan as it is
@@ -687,8 +688,8 @@ def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: s
         The file is not a downstream model for this dataset's classes, or the split is empty.
     """
     names = class_names(cfg.data.dataset)
+    dataset, collate = dataset_factory(cfg, split, False)  # first: the index is checked against data.dataset
     model, _ = build_segmentation_model(cfg, len(names), str(model_path), reset_head=False)
-    dataset, collate = dataset_factory(cfg, split, False)
     module = DownstreamModule(model, cfg, len(names), random_init=False, eval_set=dataset, eval_collate=collate)
     confusion = evaluate_confusion(evaluation_trainer(cfg.trainer, enable_progress_bar), module)
     return evaluation_result(confusion, names, module, cfg.data.dataset, split, model_path)
