@@ -406,3 +406,31 @@ def test_number_forms_python_reads():
         load_config(PretrainConfig, None, ["trainer.epochs=1.5"])
     aspect = load_config(PretrainConfig, None, ["data.augment.crop_aspect_range=[14e-1, 2e0]"])
     assert aspect.data.augment.crop_aspect_range == [1.4, 2.0]
+
+
+def test_the_issues_forms_work_as_written(tmp_path, capsys):
+    """Issue "Trust" items 8-10, as the user typed them: scientific notation on the command line and in YAML,
+    overrides after an option, numeric options checked before any work."""
+    (tmp_path / "mine.yaml").write_text("optim:\n  lr: 1e-3\n  weight_decay: 1E-4\n")
+    for argv in (["pretrain", "--config", str(tmp_path / "mine.yaml"), "--out", "DIR", "trainer.batch_size=2"],
+                 ["pretrain", "--out", "DIR", "trainer.batch_size=2", "optim.lr=1e-3", "optim.weight_decay=1E-4"]):
+        assert main([*argv, "--print-config"]) == 0, argv
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["optim"]["lr"] == 0.001 and printed["optim"]["weight_decay"] == 0.0001
+    for argv, key, value in ((["synth", "--out", "w", "scenes=3"], "scenes", 3),
+                             (["knn", "--pretrained", "p", "--out", "k", "k=5"], "k", 5),
+                             (["probe", "--out", "o", "trainer.batch_size=2"], "trainer", {"batch_size": 2})):
+        assert main([*argv, "--print-config"]) == 0, argv
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed[key] == value if not isinstance(value, dict) else printed[key]["batch_size"] == 2
+    # numbers Python reads but ranges refuse, and integers where integers are meant: usage errors before work
+    for argv, words in ((["pretrain", "--out", "d", "optim.lr=nan"], "optim.lr must be > 0, got nan"),
+                        (["pretrain", "--out", "d", "optim.lr=-1e-3"], "optim.lr must be > 0, got -0.001"),
+                        (["pretrain", "--out", "d", "trainer.batch_size=2.5"], "expected an integer, got 2.5"),
+                        (["synth", "--out", "w", "--scenes", "1e1"], "--scenes 1e1"),
+                        (["inspect", "--index", "i", "--sample", "0", "--superpixel-root", "r", "nope=1"],
+                         "unknown key 'nope'")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (argv, err)
+    assert not any(tmp_path.iterdir()) or sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]

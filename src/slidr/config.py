@@ -215,6 +215,30 @@ class BackboneConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
+class DownstreamBackboneConfig(BackboneConfig):
+    """The 3D network of a downstream run: by default the one of the pretrained file.
+
+    ``name`` and ``in_channels`` left unset (``null``) are taken from the pretrained file's recorded backbone
+    settings (``slidr pretrain``'s ``pretrained.pt``, a downstream ``model.pt``), or are :class:`BackboneConfig`'s
+    defaults for a random initialisation or a file that records none. A value given that contradicts the file is
+    refused, naming both. The other fields are the downstream run's own (batch-norm momentum, backend).
+    """
+
+    name: Optional[Annotated[str, RegistryName("backbone")]] = None  # type: ignore[assignment]
+    in_channels: Optional[int] = None  # type: ignore[assignment]
+    normalize_output: bool = False
+
+    def validate(self, where: str) -> None:
+        if self.in_channels is not None:
+            positive(self.in_channels, subkey(where, "in_channels"))
+        positive(self.out_channels, subkey(where, "out_channels"))
+        _in_unit_interval(self.bn_momentum, subkey(where, "bn_momentum"))
+
+
+ARCHITECTURE_KEYS = ("name", "in_channels")  # backbone settings a downstream run takes from the pretrained file
+
+
+@dataclass(frozen=True)
 class ImageModelConfig(ConfigBase):
     """The frozen image teacher and its trainable head."""
 
@@ -339,6 +363,8 @@ class TrainerConfig(ConfigBase):
     log_every_n_steps: int = 10
     num_threads: Optional[int] = None  # CPU threads per process; None = torch default
     limit_train_batches: Optional[float] = None
+    # what the config is sized for: "gpu" (the paper's configs) warns when it runs on a CPU; None: no warning
+    intended_accelerator: Optional[Literal["cpu", "gpu"]] = None
 
     def validate(self, where: str) -> None:
         if self.epochs is not None:
@@ -434,7 +460,9 @@ class DownstreamConfig(ConfigBase):
     standardize_features: bool = False
     val_every_n_epochs: int = 0  # evaluate data.val_split during training every N epochs (0: only after training)
     data: DataConfig = field(default_factory=lambda: DataConfig(augment=AugmentConfig(enabled=False)))
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
+    backbone: DownstreamBackboneConfig = setting(
+        factory=DownstreamBackboneConfig,
+        help="3D network; name and in_channels unset: those of the pretrained file")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.05))
     # epochs null: the paper's rule for the mode and label fraction (downstream_epochs), resolved by
     # ``with_resolved_epochs`` before a run (``slidr probe/finetune --print-config`` shows the resolved value)

@@ -15,13 +15,14 @@ runs), so an interrupted demo resumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from slidr.config import DemoConfig, DownstreamConfig, PretrainConfig, load_config, to_dict, with_changes
-from slidr.errors import SlidrError
+from slidr.errors import ConfigError, SlidrError
 from slidr.utils.io import write_json
 from slidr.utils.log import logger
 
@@ -202,7 +203,8 @@ def pretrain(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict]:
     if exported.is_file() and summary_path.is_file():
         logger.info("reusing %s", exported)
     else:
-        run_pretraining(cfg, run_dir, resume=latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None)
+        with _reused_run(run_dir):
+            run_pretraining(cfg, run_dir, resume=latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None)
     return exported, json.loads(summary_path.read_text())
 
 
@@ -216,7 +218,21 @@ def probe(cfg: DownstreamConfig, run_dir: Path) -> dict:
         logger.info("reusing %s", evaluation_path)
         return json.loads(evaluation_path.read_text())
     resume = latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    return run_downstream(cfg, run_dir, resume=resume)["evaluation"]
+    with _reused_run(run_dir):
+        return run_downstream(cfg, run_dir, resume=resume)["evaluation"]
+
+
+@contextlib.contextmanager
+def _reused_run(run_dir: Path) -> Iterator[None]:
+    """An interrupted run of an earlier demo is continued only with its own settings: say how to start it again."""
+    from slidr.engine.checkpoint import ResumeConflict
+
+    try:
+        yield
+    except ResumeConflict as error:
+        raise ConfigError(f"{run_dir} holds an interrupted run of an earlier demo with other settings (" + ", ".join(
+            f"{key}: {old!r} there, {new!r} now" for key, (old, new) in error.changes.items()) + f"); delete {run_dir} "
+            "to start it again with the new ones", key=error.key) from None
 
 
 def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:

@@ -231,20 +231,15 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     """
     from slidr.data.classes import class_names
     from slidr.data.datasets import DownstreamDataset, PretrainDataset
-    from slidr.data.index import load_index
-    from slidr.engine.checkpoint import load_backbone, load_export
+    from slidr.data.index import index_dataset, load_index
+    from slidr.engine.checkpoint import load_backbone, load_pretraining_export
+    from slidr.errors import SlidrError
     from slidr.models.unet import build_backbone
     from slidr.utils.io import write_json
-    from slidr.errors import SlidrError
     from slidr.utils.progress import progress
 
     start = time.perf_counter()
-    payload = load_export(pretrained)
-    if not isinstance(payload, dict) or "config" not in payload:
-        raise SlidrError(f"{pretrained} is not an exported pretraining file (no config)")
-    from slidr.config import exported_pretrain_config
-
-    cfg = exported_pretrain_config(payload["config"], where=f"{pretrained}: config")
+    _, cfg = load_pretraining_export(pretrained, "knn")
     model = build_backbone(cfg.backbone)
     load_backbone(pretrained, model, None)
     model.eval()
@@ -252,6 +247,7 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     data_cfg = with_changes(cfg.data, {"index": index or cfg.data.index, "augment.enabled": False,
                                        "superpixels.method": "none"})
     dataset_index = load_index(data_cfg.index)
+    data_cfg = with_changes(data_cfg, {"dataset": index_dataset(dataset_index, "slidr knn")})
     names = class_names(data_cfg.dataset)
     unknown = [name for name in classes if name not in names]
     if unknown:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from slidr.cli.settings import Flag
 from slidr.config import ConfigBase, setting
-from slidr.errors import SlidrError
+from slidr.errors import SlidrError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -72,20 +72,20 @@ def resolve_device(name: str) -> torch.device:
 
     Raises
     ------
-    SlidrError
+    UsageError
         ``name`` is not one of :data:`DEVICES`, or CUDA is asked for and this torch cannot use it (one line
         saying why: a CPU build of torch, or no visible device).
     """
     import torch
 
     if name not in DEVICES:
-        raise SlidrError(f"--device {name}: not one of {', '.join(DEVICES)}")
+        raise UsageError(f"--device {name}: not one of {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         why = ("this torch is a CPU build" if torch.version.cuda is None
                else f"no CUDA device is visible to this torch (built for CUDA {torch.version.cuda})")
-        raise SlidrError(f"--device cuda: CUDA is not available: {why} (torch {torch.__version__}); "
+        raise UsageError(f"--device cuda: CUDA is not available: {why} (torch {torch.__version__}); "
                          f"use --device cpu or auto")
     return torch.device(name)
 

@@ -9,9 +9,11 @@ import platform
 import time
 
 import slidr.bench
+from slidr.cli.settings import Output
 
 NAME = "bench"
 HELP = "run a benchmark: prints a table and writes JSON (--json FILE)"
+OUTPUTS = [Output("--json", "file")]
 
 
 def bench_modules():

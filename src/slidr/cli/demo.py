@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.cli.settings import CommandSettings
+from slidr.cli.settings import CommandSettings, Output
 from slidr.config import DemoConfig
 
 NAME = "demo"
 HELP = ("end to end on the synthetic world: generate, superpixels, pretrain SLidR and PPKT†, linear probing vs "
         "random init, results folder")
 DEFAULT_CONFIG = "demo/demo.yaml"
+OUTPUTS = [Output("--out", "folder")]
 
 
 def _sub_config_overrides(args: argparse.Namespace) -> list[str]:

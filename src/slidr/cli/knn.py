@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from slidr.cli.settings import CommandSettings, Flag, none_or_text
+from slidr.cli.settings import CommandSettings, Flag, Output, none_or_text
 from slidr.config import KnnConfig
 
 NAME = "knn"
@@ -18,6 +19,7 @@ SETTINGS = CommandSettings(KnnConfig, flags=[
     Flag("camera", parse=none_or_text("none")),
     Flag("max_frames"),
 ], required=["--out"])
+OUTPUTS = [Output("--out", "folder")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     for name in result["classes"]:
         precision, recall = result["mean_precision"][name], result["mean_recall"][name]
         print(f"  {name:12s} precision {_fmt(precision)}  recall {_fmt(recall)}")
-    print(f"written {args.out}/knn.gif and knn.json ({result['seconds']} s)")
+    print(f"written {Path(args.out) / 'knn.gif'} and knn.json ({result['seconds']} s)")
     return 0
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.cli.settings import CommandSettings, Flag
+from slidr.cli.settings import CommandSettings, Flag, Output
 from slidr.config import PrepareKittiConfig, PrepareKittiObjectConfig, PrepareNuScenesConfig
 
 NAME = "prepare"
-HELP = "index a dataset (nuScenes keyframes or SemanticKITTI scans) into one JSON file"
+HELP = "index a dataset (nuScenes keyframes, SemanticKITTI scans, KITTI object frames) into one .npz index file"
 NUSCENES = CommandSettings(PrepareNuScenesConfig, flags=[Flag("dataroot"), Flag("version"), Flag("splits")],
                            required=["--out"])
 SEMANTICKITTI = CommandSettings(PrepareKittiConfig, flags=[Flag("root")], required=["--out"])
 KITTI_OBJECT = CommandSettings(PrepareKittiObjectConfig, flags=[Flag("root")], required=["--out"])
+OUTPUTS = [Output("--out", "file")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slidr.cli.settings import CommandSettings
+from slidr.cli.settings import CommandSettings, Output, resumed_run_config
 from slidr.config import PretrainConfig
 
 NAME = "pretrain"
@@ -16,7 +16,8 @@ SETTINGS = CommandSettings(
     overrides_help="config overrides by dotted path, e.g. trainer.epochs=3 data.index=my/index.npz; "
                    "method: {names:method}; backbone.name: {names:backbone}; image.encoder: {names:image_encoder}; "
                    "optim.optimizer: {names:optimizer}",
-    required=["--out"])
+    base_config=resumed_run_config, required=["--out"])
+OUTPUTS = [Output("--out", "folder")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     SETTINGS.add_arguments(parser)
     parser.add_argument("--out", metavar="DIR",
                         help="run folder: config.yaml, checkpoints/, logs/, pretrained.pt, summary.json (required)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in DIR")
+    add_resume_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_resume_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` and ``--allow-changes`` of the training commands (pretrain, probe, finetune)."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in --out with the run's own settings (its "
+                             "config.yaml; --config is then optional): settings that differ from them are refused")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: continue with settings that differ from the run's config.yaml; "
+                             "the changes are recorded in resume_changes.json")
 
 
 def run(args: argparse.Namespace) -> int:
     from slidr.methods.pretrain import run_pretraining
 
-    summary = run_pretraining(args.settings, args.out, resume=args.resume, enable_progress_bar=not args.no_progress)
+    summary = run_pretraining(args.settings, args.out, resume=args.resume, enable_progress_bar=not args.no_progress,
+                              allow_changes=args.allow_changes)
     if summary is not None:
         print(json.dumps({key: summary[key] for key in ("method", "epochs", "initial_loss", "final_loss",
                                                         "scans_per_s", "checkpoint")}, indent=2))

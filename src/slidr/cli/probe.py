@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.cli.settings import CommandSettings, Flag, none_or_text
+from slidr.cli.pretrain import add_resume_arguments
+from slidr.cli.settings import CommandSettings, Flag, Output, none_or_text, resumed_run_config
 from slidr.config import DownstreamConfig
 
 NAME = "probe"
@@ -22,17 +23,19 @@ def downstream_settings(mode: str) -> CommandSettings:
         config_help=f"YAML config, e.g. configs/downstream/{mode}_nuscenes.yaml",
         overrides_help="config overrides by dotted path, e.g. trainer.epochs=5 data.label_fraction=0.01 "
                        "(trainer.epochs unset: 50 for probing; fine-tuning 100 with 1%% of the labels, else 50)",
-        fixed={"mode": mode}, required=["--out"], finalize=DownstreamConfig.with_resolved_epochs)
+        base_config=resumed_run_config, fixed={"mode": mode}, required=["--out"],
+        finalize=DownstreamConfig.with_resolved_epochs)
 
 
 SETTINGS = downstream_settings(NAME)
+OUTPUTS = [Output("--out", "folder")]
 
 
 def add_shared_arguments(parser: argparse.ArgumentParser, settings: CommandSettings) -> None:
     """Options shared by ``slidr probe`` and ``slidr finetune``."""
     settings.add_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="run folder (checkpoints, model.pt, results) (required)")
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    add_resume_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ def run_mode(args: argparse.Namespace, mode: str) -> int:
     from slidr.analysis.report import per_class_table
     from slidr.methods.downstream import run_downstream
 
-    summary = run_downstream(args.settings, args.out, resume=args.resume)
+    summary = run_downstream(args.settings, args.out, resume=args.resume, allow_changes=args.allow_changes)
     if summary:
         print(per_class_table({mode: summary["evaluation"]}), end="")
         print(f"results in {args.out}")

@@ -43,6 +43,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 from slidr.config import ConfigError, Override, RawText, dump_config, load_config
 from slidr.errors import SlidrError
+from slidr.utils.io import check_output
 
 OVERRIDE_PATTERN = re.compile(r"^[A-Za-z_*][\w*]*(\.[\w*]+)*=")
 
@@ -100,6 +101,8 @@ class CommandSettings:
     default_config : the config file used without ``--config`` (a path or a packaged config's name).
     config_path : computes the config file from the other arguments instead of ``--config`` (e.g. the
         ``config.yaml`` of a run folder).
+    base_config : computes the config file used when ``--config`` is not given, before ``default_config`` (e.g.
+        the run folder's ``config.yaml`` when resuming: see :func:`resumed_run_config`).
     fixed : dotted keys the command sets itself, after everything else (``{"mode": "probe"}``).
     extra_overrides : computes more ``KEY=VALUE`` overrides from the other arguments, applied before the
         positional ones (e.g. the demo's ``--pretrain KEY=VALUE``).
@@ -112,6 +115,7 @@ class CommandSettings:
     def __init__(self, cls: type, flags: Sequence[Flag] = (), *, config: bool = True,
                  config_help: Optional[str] = None, default_config: Optional[str] = None,
                  config_path: Optional[Callable[[argparse.Namespace], Optional[str | Path]]] = None,
+                 base_config: Optional[Callable[[argparse.Namespace], Optional[str | Path]]] = None,
                  fixed: Optional[Mapping[str, Any]] = None,
                  extra_overrides: Optional[Callable[[argparse.Namespace], list[str]]] = None,
                  overrides_help: Optional[str] = None, required: Sequence[str] = (),
@@ -122,6 +126,7 @@ class CommandSettings:
         self.config_help = config_help
         self.default_config = default_config
         self.config_path = config_path
+        self.base_config = base_config
         self.fixed = dict(fixed or {})
         self.extra_overrides = extra_overrides
         self.overrides_help = overrides_help
@@ -189,7 +194,11 @@ class CommandSettings:
 
     def resolve(self, args: argparse.Namespace) -> Any:
         """The validated settings given by ``args`` (config file, overrides, options, fixed values)."""
-        path = self.config_path(args) if self.config_path else (getattr(args, "config", None) or self.default_config)
+        if self.config_path is not None:
+            path = self.config_path(args)
+        else:
+            path = (getattr(args, "config", None) or (self.base_config(args) if self.base_config else None)
+                    or self.default_config)
         overrides: list[str | Override] = [*(self.extra_overrides(args) if self.extra_overrides else []),
                                            *getattr(args, "overrides", [])]
         flagged = []
@@ -239,6 +248,54 @@ class CommandSettings:
 
     def dump(self, settings: Any) -> str:
         return dump_config(settings)
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output of a command, checked by ``slidr`` before the command runs (:func:`check_outputs`).
+
+    A command module lists them in ``OUTPUTS``; an output that cannot be created or written is refused with one
+    line naming the option, before any work.
+
+    Parameters
+    ----------
+    option : the option giving the path, e.g. ``"--out"`` (its value is ``args.<option without dashes>``); a text
+        without leading dashes describes an output that no option names (its path: ``default``).
+    kind : ``"folder"`` or ``"file"``.
+    default : the path the command writes when the option is not given (from the parsed arguments, the settings
+        resolved: ``args.settings``); None: nothing is written then.
+    """
+
+    option: str
+    kind: Literal["folder", "file"]
+    default: Optional[Callable[[argparse.Namespace], Optional[str | Path]]] = None
+
+    @property
+    def dest(self) -> str:
+        return self.option.lstrip("-").replace("-", "_")
+
+
+def check_outputs(args: argparse.Namespace, outputs: Sequence[Output]) -> None:
+    """Refuse an output that cannot be created or written (:func:`slidr.utils.io.check_output`), before work."""
+    for output in outputs:
+        named = output.option.startswith("-")
+        path = getattr(args, output.dest, None) if named else None
+        option = output.option
+        if path is None and output.default is not None:
+            path = output.default(args)
+            option = f"{output.option} (default)" if named else output.option
+        if path is not None:
+            check_output(path, output.kind, option)
+
+
+def resumed_run_config(args: argparse.Namespace) -> Optional[Path]:
+    """With ``--resume``, the ``config.yaml`` of the run folder ``--out`` (when it has one): resuming continues
+    with the run's own settings; overrides on top are compared with them when the run starts."""
+    if getattr(args, "resume", False) and getattr(args, "out", None):
+        saved = Path(args.out) / "config.yaml"
+        if saved.is_file():
+            return saved
+    return None
 
 
 def takes_overrides(args: argparse.Namespace) -> bool:

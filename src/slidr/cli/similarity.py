@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slidr.cli.settings import CommandSettings, Flag
+from slidr.cli.settings import CommandSettings, Flag, Output
 from slidr.config import SimilarityConfig
 
 NAME = "similarity"
@@ -20,6 +20,7 @@ SETTINGS = CommandSettings(SimilarityConfig, flags=[
     Flag("query_class", option="--class", metavar="NAME", group="query"),
     Flag("seed"),
 ], required=["--out"])
+OUTPUTS = [Output("--out", "file")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

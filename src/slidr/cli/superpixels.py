@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.cli.settings import CommandSettings, Flag
+from slidr.cli.settings import CommandSettings, Flag, Output
 from slidr.config import SuperpixelJobConfig
 
 NAME = "superpixels"
@@ -23,6 +23,21 @@ SETTINGS = CommandSettings(SuperpixelJobConfig, flags=[
     Flag("superpixels.root"),
     Flag("cameras"),
 ])
+
+
+
+
+def _superpixel_folder(args: argparse.Namespace):
+    from slidr.data.masks import mask_set_name
+    from slidr.data.superpixels import superpixel_dir
+
+    cfg: SuperpixelJobConfig = args.settings
+    sp = cfg.superpixels
+    source = mask_set_name(cfg.from_dir, sp.source) if sp.method == "masks" else None
+    return superpixel_dir(cfg.index, sp.method, sp.n_segments, sp.root, source)
+
+
+OUTPUTS = [Output("superpixel folder", "folder", default=_superpixel_folder), Output("--json", "file")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

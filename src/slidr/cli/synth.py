@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.cli.settings import CommandSettings, Flag, parse_size
+from slidr.cli.settings import CommandSettings, Flag, Output, parse_size
 from slidr.config import SynthConfig
 
 NAME = "synth"
@@ -20,11 +20,15 @@ SETTINGS = CommandSettings(SynthConfig, flags=[
     Flag("version"),
     Flag("previews", option="--no-preview", negate=True, help="do not write the preview pictures"),
 ], required=["--out"])
+OUTPUTS = [Output("--out", "folder")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", help="dataset folder to create (replaces a previous synthetic world there; refuses "
-                                      "any other non-empty folder) (required)")
+    parser.add_argument("--out", help="dataset folder to create: absent or empty, or with --overwrite a folder "
+                                      "holding a world of slidr synth (required)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the world in --out: only the files slidr synth wrote there (listed in its "
+                             "synth_manifest.json) are removed or replaced; your own files stay")
     SETTINGS.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     cfg: SynthConfig = args.settings
     summary = generate_world(args.out, scenes=cfg.scenes, frames=cfg.frames, image_size=tuple(cfg.image_size),
                              seed=cfg.seed, workers=cfg.workers, fmt=cfg.format, version=cfg.version,
-                             show_progress=not args.no_progress, previews=cfg.previews)
+                             show_progress=not args.no_progress, previews=cfg.previews, overwrite=args.overwrite)
     print(f"wrote {summary['scenes']} scenes, {summary['samples']} samples ({summary['format']}) to {args.out} "
           f"in {summary['seconds']:.1f} s")
     print(f"points per scan: {summary['points_per_scan']:.0f}; lidar points per camera image: "

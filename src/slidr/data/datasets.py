@@ -399,6 +399,7 @@ def _collate_voxels(samples: Sequence[dict]) -> dict[str, Any]:
         "batch_size": len(samples),
         "tokens": [sample["token"] for sample in samples],
         "stats": {key: sum(sample.get("stats", {}).get(key, 0) for sample in samples) for key in STAT_KEYS},
+        "sample_stats": [dict(sample.get("stats", {})) for sample in samples],  # per sample, in batch order
     }
 
 

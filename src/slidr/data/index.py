@@ -43,6 +43,7 @@ from slidr.errors import DataError
 from slidr.utils.io import atomic_path
 
 FORMATS = ("nuscenes", "semantickitti", "kitti_object")
+SEGMENTATION_FORMATS = ("nuscenes", "semantickitti")  # formats with per-point labels: the values of data.dataset
 
 
 class SampleList(Sequence):
@@ -239,9 +240,26 @@ def check_index_dataset(index: DatasetIndex, dataset: str, setting: str = "data.
     DataError
         ``index.format != dataset``; the message names the index file, its format and the setting.
     """
+    if index.format not in SEGMENTATION_FORMATS:
+        raise DataError(f"index {index.path or '(in memory)'} holds {index.format} samples (3D boxes, no point "
+                        f"labels); {setting} is {dataset!r}: use a {dataset} index (slidr prepare {dataset})")
     if index.format != dataset:
         raise DataError(f"index {index.path or '(in memory)'} holds {index.format} samples but {setting} is "
                         f"{dataset!r}; set {setting}={index.format} or use a {dataset} index")
+
+
+def index_dataset(index: DatasetIndex, command: str) -> str:
+    """The dataset (label set) of an index's scans, for commands that read it from the index (knn, similarity).
+
+    Raises
+    ------
+    DataError
+        The index holds no labelled point clouds (``kitti_object``: boxes).
+    """
+    if index.format not in SEGMENTATION_FORMATS:
+        raise DataError(f"index {index.path or '(in memory)'} holds {index.format} samples (3D boxes, no point "
+                        f"labels); {command} needs a nuScenes or SemanticKITTI index")
+    return index.format
 
 
 def _add_derived_transforms(sample: dict) -> None:

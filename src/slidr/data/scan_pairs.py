@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from slidr.config import AugmentConfig, PretrainConfig
 from slidr.data.augment import draw_cuboid_drop, rotate_flip_points
-from slidr.data.index import DatasetIndex, load_index
+from slidr.data.index import DatasetIndex, check_index_dataset, load_index
 from slidr.data.scans import load_scan
 from slidr.data.voxelize import point_features, voxelize
 from slidr.errors import DataError
@@ -166,6 +166,7 @@ def collate_views(views: Sequence[dict]) -> dict[str, torch.Tensor]:
 
 def _training_index(cfg: PretrainConfig) -> tuple[DatasetIndex, np.ndarray]:
     index = load_index(cfg.data.index)
+    check_index_dataset(index, cfg.data.dataset)
     chosen = index.sample_indices(cfg.data.train_split)
     if len(chosen) == 0:
         raise DataError(f"index {cfg.data.index}: split {cfg.data.train_split!r} has no sample")

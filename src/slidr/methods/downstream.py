@@ -37,26 +37,27 @@ with ``model.pt`` (the trained network, loadable with :func:`slidr.engine.checkp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidr.config import UNRECORDED_POINT_FEATURES, DownstreamConfig, to_dict
+from slidr.config import ARCHITECTURE_KEYS, UNRECORDED_POINT_FEATURES, BackboneConfig, DownstreamConfig, to_dict, with_changes
 from slidr.data.classes import class_names
-from slidr.engine.checkpoint import export_pretrained, load_backbone, save_atomic
+from slidr.engine.checkpoint import check_run_folder, export_backbone, export_pretrained, load_backbone, save_atomic
 from slidr.engine.data import evaluation_loader, ordered_loader, replayable_loader
+from slidr.engine.distributed import is_distributed
 from slidr.engine.optim import configure_optimization
-from slidr.engine.trainer import evaluation_trainer, lightning_trainer, start_run
-from slidr.errors import SlidrError
+from slidr.engine.trainer import RunLogger, evaluation_trainer, lightning_trainer, start_run
+from slidr.errors import ConfigError, SlidrError
 from slidr.methods.lovasz import lovasz_softmax
 from slidr.methods.metrics import (
     SegmentationConfusion,
@@ -80,6 +81,39 @@ IGNORE_TARGET = -1
 # --------------------------------------------------------------------------------------------------------------
 
 
+def resolve_backbone(cfg: DownstreamConfig, weights: Optional[str | Path] = None) -> BackboneConfig:
+    """The backbone settings of a downstream run: the config's, with ``name`` / ``in_channels`` left unset taken
+    from the file ``weights`` (its recorded ``backbone``), else :class:`BackboneConfig`'s defaults.
+
+    Raises
+    ------
+    ConfigError
+        The config names another network than the one the file holds (the message names both).
+    """
+    recorded = export_backbone(weights) if weights is not None else None
+    chosen: dict[str, Any] = {}
+    for key in ARCHITECTURE_KEYS:
+        given, saved = getattr(cfg.backbone, key), (recorded or {}).get(key)
+        if given is not None and saved is not None and given != saved:
+            raise ConfigError(f"backbone.{key} is {given!r} but {weights} holds a network with {key} {saved!r}; "
+                              f"leave backbone.{key} unset (null: the pretrained file's is used) or set "
+                              f"backbone.{key}={saved}", key=f"backbone.{key}")
+        if given is not None:
+            chosen[key] = given
+        elif saved is not None:
+            chosen[key] = saved
+    own = {f.name: getattr(cfg.backbone, f.name) for f in dataclasses.fields(BackboneConfig)
+           if f.name not in ARCHITECTURE_KEYS}
+    return BackboneConfig(**{**own, **chosen, "normalize_output": False})
+
+
+def with_resolved_backbone(cfg: DownstreamConfig) -> DownstreamConfig:
+    """``cfg`` with the backbone's ``name`` / ``in_channels`` filled in (:func:`resolve_backbone` of
+    ``cfg.pretrained``): what a run saves in its ``config.yaml``."""
+    backbone = resolve_backbone(cfg, cfg.pretrained)
+    return with_changes(cfg, {f"backbone.{key}": getattr(backbone, key) for key in ARCHITECTURE_KEYS})
+
+
 def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: Optional[str] = None,
                              reset_head: bool = True) -> tuple[nn.Module, dict]:
     """The 3D backbone with a ``final`` layer of ``num_classes`` outputs, loaded from ``weights`` if given.
@@ -87,8 +121,9 @@ def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: O
     Parameters
     ----------
     cfg : DownstreamConfig
-        ``backbone`` (``out_channels`` is replaced by ``num_classes``, output normalisation turned off) and
-        ``data.voxel`` (checked against the pretraining's).
+        ``backbone`` (:func:`resolve_backbone`: unset name / input channels are those of ``weights``;
+        ``out_channels`` is replaced by ``num_classes``, output normalisation turned off) and ``data.voxel``
+        (checked against the pretraining's).
     num_classes : int
     weights : str, optional
         Exported pretraining file, a downstream ``model.pt``, or a plain state dict (``module.`` /
@@ -103,7 +138,7 @@ def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: O
     """
     from slidr.models.unet import build_backbone
 
-    backbone_cfg = dataclasses.replace(cfg.backbone, out_channels=num_classes, normalize_output=False)
+    backbone_cfg = dataclasses.replace(resolve_backbone(cfg, weights), out_channels=num_classes)
     model = build_backbone(backbone_cfg)
     info: dict[str, Any] = {"method": None, "loaded": [], "skipped": []}
     if weights is not None:
@@ -218,6 +253,9 @@ class DownstreamModule(L.LightningModule):
     ----------
     confusion_path : Path or None
         Where ``on_test_epoch_end`` saves the test confusion matrix (see :func:`evaluate_confusion`).
+    nonfinite : list of (token, count)
+        After :func:`evaluate_confusion`: the evaluated scans whose files had points with NaN or infinite values
+        (left out of the evaluation), with their counts, from every process.
     """
 
     def __init__(self, model: nn.Module, cfg: DownstreamConfig, num_classes: int, random_init: bool,
@@ -242,6 +280,7 @@ class DownstreamModule(L.LightningModule):
         self.val_confusion = SegmentationConfusion(num_classes)
         self.test_confusion = SegmentationConfusion(num_classes)
         self.confusion_path: Optional[Path] = None
+        self.nonfinite: list[tuple[str, int]] = []
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.frozen:
@@ -262,7 +301,9 @@ class DownstreamModule(L.LightningModule):
             return self.model.final(batch["features"])
         return self.model(sparse_input(batch))
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Optional[torch.Tensor]:
+        if "features" not in batch and len(batch["voxel_coords"]) == 0:
+            return None  # every scan of the batch lost all its points (non-finite values): nothing to learn
         logits = self(batch)
         loss = segmentation_loss(logits, batch["voxel_labels"], self.cfg.lovasz)
         self._running.append(float(loss.detach()))
@@ -307,8 +348,13 @@ class DownstreamModule(L.LightningModule):
 
     def _evaluate_batch(self, batch: dict, metric: SegmentationConfusion) -> None:
         # every original point counts: voxel predictions go back to the points through the inverse map
-        logits = self.model(sparse_input(batch))
-        metric.update(point_predictions(logits, batch["inverse_map"]), batch["labels"])
+        if len(batch["voxel_coords"]):  # else every scan of the batch lost all its points (non-finite values)
+            logits = self.model(sparse_input(batch))
+            metric.update(point_predictions(logits, batch["inverse_map"]), batch["labels"])
+        if metric is self.test_confusion:
+            for token, stats in zip(batch.get("tokens", ()), batch.get("sample_stats", ())):
+                if int(stats.get("nonfinite_points", 0)):
+                    self.nonfinite.append((str(token), int(stats["nonfinite_points"])))
 
     def on_validation_epoch_start(self) -> None:
         # fresh state tensors in this process: under ddp_spawn on CPU the module's tensors arrive in shared memory,
@@ -317,6 +363,7 @@ class DownstreamModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_confusion.reset()  # see on_validation_epoch_start
+        self.nonfinite = []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate_batch(batch, self.val_confusion)
@@ -335,23 +382,81 @@ class DownstreamModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         confusion = self.test_confusion.compute().cpu()  # the same on every process
         self.test_confusion.reset()
+        nonfinite = list(self.nonfinite)
+        if is_distributed():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, nonfinite)
+            nonfinite = [tuple(record) for part in gathered for record in part]
         if self.confusion_path is not None:
-            save_atomic(confusion, self.confusion_path)
+            save_atomic({"confusion": confusion, "nonfinite": [list(record) for record in nonfinite]},
+                        self.confusion_path)
 
 
 def evaluate_confusion(trainer: L.Trainer, module: DownstreamModule) -> torch.Tensor:
     """Run ``trainer.test`` on ``module.eval_set``; returns the (C, C) int64 confusion matrix of all processes.
 
     The matrix travels through a file that every process writes (the same content, atomically): a module's
-    attributes set in ``ddp_spawn`` workers do not come back to the launching process.
+    attributes set in ``ddp_spawn`` workers do not come back to the launching process. The scans with
+    non-finite points come back the same way, into ``module.nonfinite``.
     """
     with tempfile.TemporaryDirectory(prefix="slidr-test-") as folder:
         module.confusion_path = Path(folder) / "confusion.pt"
         try:
             trainer.test(module, verbose=False)
-            return torch.load(module.confusion_path, map_location="cpu", weights_only=True)
+            result = torch.load(module.confusion_path, map_location="cpu", weights_only=True)
         finally:
             module.confusion_path = None
+    module.nonfinite = [(str(token), int(count)) for token, count in result["nonfinite"]]
+    return result["confusion"]
+
+
+def evaluation_result(confusion: torch.Tensor, names: Sequence[str], module: DownstreamModule, dataset: str,
+                      split: str, model: str | Path) -> dict:
+    """:func:`summarize`'s dict of an evaluation, with what was left out of it.
+
+    ``nonfinite_points`` (points with NaN or infinite values, dropped from the files before evaluation) and
+    ``nonfinite_scans`` (scans that had some); when there are any, one warning line gives the count and the first
+    file, in split order.
+    """
+    evaluation = summarize(confusion, list(names))
+    records = module.nonfinite
+    evaluation.update(dataset=dataset, split=split, model=str(model),
+                      nonfinite_points=sum(count for _, count in records), nonfinite_scans=len(records))
+    if records:
+        order = {token: position for position, token in enumerate(dataset_tokens(module.eval_set) or [])}
+        token = min((token for token, _ in records), key=lambda t: order.get(t, len(order)))
+        first = _lidar_file(module.eval_set, token) or f"sample {token}"
+        logger.warning("warning: %d points with NaN or infinite values were left out of the %s evaluation (%d of "
+                       "%d scans; first: %s)", evaluation["nonfinite_points"], split, len(records),
+                       _length(module.eval_set) or 0, first)
+    return evaluation
+
+
+def dataset_tokens(dataset: Any) -> Optional[list[str]]:
+    """The sample tokens of a dataset read from an index (``index`` and ``positions``), in item order; None for
+    other datasets."""
+    index, positions = getattr(dataset, "index", None), getattr(dataset, "positions", None)
+    if index is None or positions is None:
+        return None
+    tokens = index.samples.column("token")
+    return [str(tokens[int(position)]) for position in positions]
+
+
+def tokens_digest(tokens: Optional[Sequence[str]]) -> Optional[str]:
+    """SHA-1 of the sample tokens in order (one per line): two runs on the same scans have the same digest."""
+    if tokens is None:
+        return None
+    return hashlib.sha1("\n".join(tokens).encode()).hexdigest()
+
+
+def _lidar_file(dataset: Any, token: str) -> Optional[str]:
+    index = getattr(dataset, "index", None)
+    if index is None:
+        return None
+    tokens = index.samples.column("token")
+    if token not in tokens:
+        return None
+    return str(index.resolve(index.samples[tokens.index(token)]["lidar"]))
 
 
 def segmentation_loss(logits: torch.Tensor, voxel_labels: torch.Tensor, lovasz: bool) -> torch.Tensor:
@@ -398,7 +503,10 @@ class CachedFeatures(Dataset):
         with torch.no_grad():
             for batch in progress(loader, total=_length(loader), desc=desc, unit="batch"):
                 batch = move_data_to_device(batch, device)
-                features = model.forward_features(sparse_input(batch)).float().cpu()
+                if len(batch["voxel_coords"]) == 0:  # scans without any finite point: no feature
+                    features = torch.zeros((0, model.final.in_features))
+                else:
+                    features = model.forward_features(sparse_input(batch)).float().cpu()
                 voxel_batch = batch["voxel_coords"][:, 0].cpu()
                 labels = batch["voxel_labels"].cpu()
                 for b in range(int(batch["batch_size"])):
@@ -439,7 +547,7 @@ def make_dataset(cfg: DownstreamConfig, split: str, train: bool) -> tuple[Datase
 
 def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
                    dataset_factory: Callable[..., tuple[Dataset, Callable]] = make_dataset,
-                   enable_progress_bar: bool = True) -> dict:
+                   enable_progress_bar: bool = True, allow_changes: bool = False) -> dict:
     """Train (probe or fine-tune), evaluate on ``data.val_split`` and write the run folder.
 
     Parameters
@@ -450,24 +558,34 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     out : run folder (``config.yaml``, ``checkpoints/``, ``logs/``, ``model.pt``, ``evaluation.json``,
         ``summary.json``).
     resume : continue from the newest checkpoint in ``out/checkpoints``.
-    dataset_factory : ``(cfg, split, train) -> (dataset, collate)`` (tests inject their own).
+    dataset_factory : ``(cfg, split, train) -> (dataset, collate)`` (tests inject their own); ``train=True``
+        gives the training scans the config names (``data.label_fraction`` of ``data.train_split``), with the
+        augmentations of ``data.augment`` when enabled.
     enable_progress_bar : show Lightning's progress bar.
+    allow_changes : resume with settings that differ from the run's ``config.yaml`` (recorded).
 
     Returns
     -------
     dict
         The summary (also written to ``summary.json``; empty on processes other than rank 0), with the
-        evaluation under ``evaluation``.
+        evaluation under ``evaluation``. ``train_scans`` / ``train_tokens_sha1`` (and ``val_*``) say exactly
+        which scans were used: a probe and a fine-tuning of one config train on the same scans.
 
     Raises
     ------
     SlidrError
         ``out`` already holds checkpoints and ``resume`` is False; a split is empty; the weights do not fit.
+    ConfigError
+        The config names another backbone than the pretrained file holds; resuming with changed settings.
     """
     start = time.perf_counter()
     out = Path(out)
     cfg = cfg.with_resolved_epochs()  # trainer.epochs null: the paper's rule (recorded in config.yaml)
-    resume_from = start_run(out, cfg, resume)
+    cfg = with_resolved_backbone(cfg)  # the run's config.yaml records the network it trains
+    check_run_folder(out, cfg, resume, allow_changes)  # a refused resume costs nothing
+    # the evaluation split first: an index that contradicts data.dataset is refused before the run folder exists
+    val_set, val_collate = dataset_factory(cfg, cfg.data.val_split, False)
+    resume_from = start_run(out, cfg, resume, allow_changes)
 
     names = class_names(cfg.data.dataset)
     num_classes = len(names)
@@ -476,20 +594,21 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     logger.info("%s on %s: %s, %d classes, backbone %s", cfg.mode, cfg.data.dataset,
                 f"pretrained {cfg.pretrained} ({info.get('method')})" if cfg.pretrained else "random init",
                 num_classes, cfg.backbone.name)
-    trainer = lightning_trainer(cfg.trainer, out, CSVLogger(out, name="logs", version=""), [], enable_progress_bar,
+    trainer = lightning_trainer(cfg.trainer, out, RunLogger(out, name="logs", version=""), [], enable_progress_bar,
                                 val_every_n_epochs=cfg.val_every_n_epochs)
     device = trainer.strategy.root_device  # where this process trains (the feature cache is computed there)
     batch_size = cfg.trainer.batch_size
 
-    val_set, val_collate = dataset_factory(cfg, cfg.data.val_split, False)
     use_cache = cfg.mode == "probe" and cfg.cache_features and not cfg.data.augment.enabled
+    # the training scans the config names (label fraction included), cached or not: augmentation is off when
+    # caching, so the training dataset yields each scan as it is
+    train_source, collate = dataset_factory(cfg, cfg.data.train_split, True)
+    train_tokens = dataset_tokens(train_source)
+    train_set: Dataset = train_source
     if use_cache:
-        plain_set, collate = dataset_factory(cfg, cfg.data.train_split, False)
-        train_set: Dataset = CachedFeatures(model.to(device), ordered_loader(plain_set, collate, batch_size),
-                                            device, desc="frozen features")
+        train_set = CachedFeatures(model.to(device), ordered_loader(train_source, collate, batch_size), device,
+                                   desc="frozen features")
         collate = collate_features
-    else:
-        train_set, collate = dataset_factory(cfg, cfg.data.train_split, True)
 
     standardize = cfg.mode == "probe" and cfg.standardize_features
     if standardize:
@@ -507,8 +626,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
     confusion = evaluate_confusion(trainer, module)  # every process takes part
     if not trainer.is_global_zero:
         return {}
-    evaluation = summarize(confusion, names)
-    evaluation.update(dataset=cfg.data.dataset, split=cfg.data.val_split, model=str(out / MODEL_NAME))
+    evaluation = evaluation_result(confusion, names, module, cfg.data.dataset, cfg.data.val_split, out / MODEL_NAME)
     write_json(out / "evaluation.json", evaluation)
     summary = {
         "mode": cfg.mode,
@@ -516,8 +634,10 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
         "pretraining_method": info.get("method"),
         "dataset": cfg.data.dataset,
         "label_fraction": cfg.data.label_fraction,
-        "train_scans": len(train_set),
-        "val_scans": len(val_set),
+        "train_scans": len(train_set),  # type: ignore[arg-type]
+        "train_tokens_sha1": tokens_digest(train_tokens),
+        "val_scans": len(val_set),  # type: ignore[arg-type]
+        "val_tokens_sha1": tokens_digest(dataset_tokens(val_set)),
         "epochs": cfg.trainer.epochs,
         "epoch_losses": module.epoch_losses,
         "cached_features": use_cache,
@@ -545,7 +665,8 @@ def _probe_feature_statistics(model: nn.Module, train_set: Dataset, collate: Cal
         with torch.no_grad():
             for batch in progress(ordered_loader(train_set, collate, batch_size), desc="feature statistics",
                                   unit="batch"):
-                yield model.forward_features(sparse_input(move_data_to_device(batch, device))).cpu()
+                if len(batch["voxel_coords"]):  # a batch of scans without finite points has no feature
+                    yield model.forward_features(sparse_input(move_data_to_device(batch, device))).cpu()
 
     return feature_statistics(batches())
 
@@ -596,10 +717,8 @@ def evaluate_saved_model(model_path: str | Path, cfg: DownstreamConfig, split: s
         The file is not a downstream model for this dataset's classes, or the split is empty.
     """
     names = class_names(cfg.data.dataset)
+    dataset, collate = dataset_factory(cfg, split, False)  # first: the index is checked against data.dataset
     model, _ = build_segmentation_model(cfg, len(names), str(model_path), reset_head=False)
-    dataset, collate = dataset_factory(cfg, split, False)
     module = DownstreamModule(model, cfg, len(names), random_init=False, eval_set=dataset, eval_collate=collate)
     confusion = evaluate_confusion(evaluation_trainer(cfg.trainer, enable_progress_bar), module)
-    evaluation = summarize(confusion, names)
-    evaluation.update(dataset=cfg.data.dataset, split=split, model=str(model_path))
-    return evaluation
+    return evaluation_result(confusion, names, module, cfg.data.dataset, split, model_path)

@@ -32,7 +32,8 @@ def build_module(cfg: PretrainConfig, **kwargs: Any) -> PretrainModule:
 
 def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False,
                     callbacks: Sequence[L.Callback] = (), enable_progress_bar: bool = True,
-                    module: Optional[PretrainModule] = None, **module_kwargs: Any) -> Optional[dict[str, Any]]:
+                    module: Optional[PretrainModule] = None, allow_changes: bool = False,
+                    **module_kwargs: Any) -> Optional[dict[str, Any]]:
     """Pretrain according to ``cfg`` into ``out_dir``; returns the summary (on rank 0; None elsewhere).
 
     Parameters
@@ -49,15 +50,18 @@ def run_pretraining(cfg: PretrainConfig, out_dir: str | Path, resume: bool = Fal
         Show the progress bar (loss and scans/s).
     module : PretrainModule, optional
         The module to train; default: :func:`build_module` of ``cfg`` (built after seeding).
+    allow_changes : bool
+        Resume with settings that differ from the run's ``config.yaml`` (recorded); otherwise refused.
     **module_kwargs
         Passed to :func:`build_module` (e.g. ``dataset``, ``collate``, ``model_points``).
 
     Raises
     ------
     SlidrError
-        ``out_dir`` already holds checkpoints and ``resume`` is False; the loss became non-finite.
+        ``out_dir`` already holds checkpoints and ``resume`` is False; the loss became non-finite; resuming with
+        changed settings without ``allow_changes``.
     """
-    ckpt_path = start_run(out_dir, cfg, resume)
+    ckpt_path = start_run(out_dir, cfg, resume, allow_changes)
     if module is None:
         module = build_module(cfg, **module_kwargs)
     return fit_pretraining(module, out_dir, ckpt_path, callbacks, enable_progress_bar)

@@ -1,14 +1,22 @@
 """Generate a synthetic world on disk: scenes of keyframes rendered in parallel, written atomically.
 
 Every frame depends only on ``(seed, scene, frame)``, so the output is the same for any number of workers.
+
+A world is written into a temporary folder beside ``out`` and moved there at the end, so a failure never leaves
+a world that looks complete. Its manifest (``synth_manifest.json``) lists every file the generator wrote;
+regenerating over an existing world (``overwrite``) replaces exactly those files and never touches anything
+else there (an index, superpixels, runs, notes the user put in the folder).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,10 +36,12 @@ from slidr.data.projection import project_points
 from slidr.data.synth.sensors import (LIDAR_CHANNEL, LidarSpec, Sensor, build_rig, camera_rays, ego_pose,
                                       lidar_rays, matrix_to_quaternion)
 from slidr.data.synth.world import KITTI_OUTLIER, SceneConditions, World, build_world, plan_scenes
-from slidr.errors import SlidrError
-from slidr.utils.io import atomic_directory, write_json
+from slidr.errors import SlidrError, UsageError
+from slidr.utils.io import write_error, write_json
+from slidr.utils.log import logger
 from slidr.utils.progress import progress
 
+MANIFEST_FILE = "synth_manifest.json"
 FORMATS = ("nuscenes", "semantickitti", "kitti-object")
 MIN_IMAGE_SIDE = 64
 CAMERA_RANGE_M = 250.0
@@ -72,12 +82,13 @@ class SynthSettings:
 
 def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_size: tuple[int, int] = (800, 450),
                    seed: int = 0, workers: int | None = None, fmt: str = "nuscenes",
-                   version: str = "v1.0-trainval", show_progress: bool = True, previews: bool = True) -> dict:
+                   version: str = "v1.0-trainval", show_progress: bool = True, previews: bool = True,
+                   overwrite: bool = False) -> dict:
     """Generate a synthetic driving world at ``out`` and return its summary.
 
     Parameters
     ----------
-    out : folder to create; an existing one is replaced only if it holds a previous ``slidr synth`` world.
+    out : folder to create (absent or empty), or, with ``overwrite``, a folder holding a world of ``slidr synth``.
     scenes, frames : number of scenes and keyframes (2 Hz) per scene.
     image_size : (width, height) of the camera images.
     seed : everything random derives from it.
@@ -86,6 +97,9 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
     version : nuScenes table folder name.
     show_progress : show a progress bar.
     previews : write ``preview/bev.png`` and ``preview/camera_depth.png``.
+    overwrite : replace the world at ``out``: only the files listed in its manifest are removed or replaced;
+        other files there are kept (a warning names them: an index or superpixels of the previous world no
+        longer describe the new one).
 
     Returns
     -------
@@ -93,6 +107,13 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
     ``class_points`` (nuScenes evaluation class -> point count), ``pairs_per_camera`` (mean points projected
     into one camera image), ``objects`` (annotated boxes per nuScenes category, or label lines per KITTI type),
     and more.
+
+    Raises
+    ------
+    SlidrError
+        ``out`` is not empty and ``overwrite`` is not set; with ``overwrite``, ``out`` holds no manifest of a
+        world (nothing there is known to be slidr's), or a file of the user's lies where the new world writes one;
+        a file cannot be written (named).
     """
     settings = SynthSettings(scenes=int(scenes), frames=int(frames), image_size=tuple(int(v) for v in image_size),
                              seed=int(seed), fmt=fmt, version=version)
@@ -100,43 +121,128 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
     workers = min(os.cpu_count() or 1, settings.scenes * settings.frames) if workers is None else int(workers)
     if workers < 1:
         raise SlidrError(f"--workers must be a positive count, got {workers}")
-    out = _check_output(Path(out))
+    out, previous = _check_output(Path(out), overwrite)
     start = time.perf_counter()
     conditions = plan_scenes(settings.scenes, settings.seed)
     tasks = [(settings, scene, frame) for scene in conditions for frame in range(settings.frames)]
     try:
-        with atomic_directory(out) as tmp:
-            records = _run_tasks(tmp, tasks, workers, show_progress)
-            rig = build_rig(settings.image_size)
-            if settings.fmt == "nuscenes":
-                nuscenes_writer.write_tables(tmp, settings.version, settings.seed, conditions, records, rig)
-            elif settings.fmt == "kitti-object":
-                kitti_object_writer.write_image_sets(tmp, settings.version, conditions, settings.frames)
-            else:
-                camera = next(s for s in rig if s.channel == "CAM_FRONT")
-                for scene in conditions:
-                    own = sorted((r for r in records if r["scene"] == scene.index), key=lambda r: r["frame"])
-                    kitti_writer.write_sequence_files(tmp, scene.index, camera, [r["ego_to_global"] for r in own],
-                                                      [r["timestamp"] for r in own])
-            summary = _summary(settings, conditions, records, time.perf_counter() - start)
-            if previews:
-                from slidr.data.synth.preview import write_previews
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    except OSError as error:
+        raise write_error(out, error, "synthetic world") from None
+    try:
+        # the world is written into tmp, then published onto out
+        records = _run_tasks(tmp, tasks, workers, show_progress)
+        rig = build_rig(settings.image_size)
+        if settings.fmt == "nuscenes":
+            nuscenes_writer.write_tables(tmp, settings.version, settings.seed, conditions, records, rig)
+        elif settings.fmt == "kitti-object":
+            kitti_object_writer.write_image_sets(tmp, settings.version, conditions, settings.frames)
+        else:
+            camera = next(s for s in rig if s.channel == "CAM_FRONT")
+            for scene in conditions:
+                own = sorted((r for r in records if r["scene"] == scene.index), key=lambda r: r["frame"])
+                kitti_writer.write_sequence_files(tmp, scene.index, camera, [r["ego_to_global"] for r in own],
+                                                  [r["timestamp"] for r in own])
+        summary = _summary(settings, conditions, records, time.perf_counter() - start)
+        if previews:
+            from slidr.data.synth.preview import write_previews
 
-                write_previews(tmp / "preview", next(r["preview"] for r in records if r.get("preview")))
-            write_json(tmp / SUMMARY_FILE, summary)
+            write_previews(tmp / "preview", next(r["preview"] for r in records if r.get("preview")))
+        write_json(tmp / SUMMARY_FILE, summary)
+        files = sorted(path.relative_to(tmp).as_posix() for path in tmp.rglob("*") if path.is_file())
+        write_json(tmp / MANIFEST_FILE, {"generator": "slidr synth", "files": files})
+        _publish(tmp, out, previous)
     except OSError as error:
         raise SlidrError(f"cannot write the synthetic world to {out}: {error}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return summary
 
 
-def _check_output(out: Path) -> Path:
-    """Refuse outputs that would destroy something that is not a previous synthetic world."""
+def read_manifest(world: Path) -> list[str] | None:
+    """The files a world's generator wrote (relative paths), from its manifest; None without a manifest."""
+    path = world / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        files = [str(name) for name in data["files"]]
+    except (ValueError, KeyError, TypeError):
+        raise SlidrError(f"{path} is damaged: slidr cannot tell the world's files from yours; remove the world "
+                         "yourself or choose another --out") from None
+    for name in files:  # a manifest must only name files inside the world
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise SlidrError(f"{path} names {name!r}, outside the world; it was not written by slidr synth")
+    return files
+
+
+def _publish(tmp: Path, out: Path, previous: list[str] | None) -> None:
+    """Move the world written in ``tmp`` onto ``out``: a rename when ``out`` is absent or empty, else (a previous
+    world whose files are ``previous``) file by file, removing only the previous world's files."""
+    if previous is None:
+        if out.is_dir():
+            out.rmdir()  # empty (checked before generating)
+        os.replace(tmp, out)
+        return
+    new = sorted(path.relative_to(tmp).as_posix() for path in tmp.rglob("*") if path.is_file())
+    owned = set(previous) | {MANIFEST_FILE}
+    taken = [name for name in new if name not in owned and (out / name).exists()]
+    if taken:
+        raise SlidrError(f"{out}: the new world would replace files that slidr synth did not write: "
+                         f"{', '.join(taken[:5])}{' ...' if len(taken) > 5 else ''}; move them away first")
+    # the manifest lists both worlds' files until the move is done: an interruption leaves nothing unlisted
+    write_json(out / MANIFEST_FILE, {"generator": "slidr synth", "files": sorted(set(previous) | set(new))})
+    for name in new:
+        if name == MANIFEST_FILE:
+            continue
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / name, target)
+    kept_new = set(new)
+    for name in previous:
+        if name not in kept_new:
+            (out / name).unlink(missing_ok=True)
+            _remove_empty_parents(out / name, out)
+    os.replace(tmp / MANIFEST_FILE, out / MANIFEST_FILE)
+    others = sorted({Path(path.relative_to(out).parts[0]).as_posix() for path in out.rglob("*")
+                     if path.is_file() and path.relative_to(out).as_posix() not in kept_new})
+    if others:
+        logger.warning("warning: %s: kept what slidr synth did not write there (%s); an index or superpixels of "
+                       "the previous world do not describe the new one: run slidr prepare and slidr superpixels "
+                       "again", out, ", ".join(others[:6]) + (" ..." if len(others) > 6 else ""))
+
+
+def _remove_empty_parents(path: Path, root: Path) -> None:
+    folder = path.parent
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()  # only when empty: a folder holding a file of the user's stays
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _check_output(out: Path, overwrite: bool) -> tuple[Path, list[str] | None]:
+    """Refuse outputs that would destroy anything but a previous synthetic world's own files; returns the output
+    folder and, when a world there is to be replaced, its manifest's files."""
     out = out.expanduser().absolute()
     if out.exists() and not out.is_dir():
         raise SlidrError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / SUMMARY_FILE).is_file():
-        raise SlidrError(f"output folder {out} is not empty and holds no previous synthetic world; "
-                         "choose a new --out or empty it")
+    previous = None
+    if out.is_dir() and any(out.iterdir()):
+        is_world = (out / MANIFEST_FILE).is_file() or (out / SUMMARY_FILE).is_file()
+        if not is_world:
+            raise UsageError(f"output folder {out} is not empty and holds no synthetic world; choose a new --out "
+                             "or empty it")
+        if not overwrite:
+            raise UsageError(f"output folder {out} already holds a synthetic world; pass --overwrite to replace it "
+                             f"(only the files slidr synth wrote, listed in its {MANIFEST_FILE}, are replaced; "
+                             "anything else there is kept), or choose a new --out")
+        previous = read_manifest(out)
+        if previous is None:
+            raise SlidrError(f"{out} holds a world written by an earlier slidr, without a {MANIFEST_FILE} listing "
+                             "its files: slidr cannot tell them from yours, so it replaces nothing there; remove "
+                             "that world yourself or choose a new --out")
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +250,7 @@ def _check_output(out: Path) -> Path:
         raise SlidrError(f"cannot create the output folder's parent {parent}: {error.strerror or error}") from None
     if not os.access(parent, os.W_OK):
         raise SlidrError(f"output folder {parent} is not writable")
-    return out
+    return out, previous
 
 
 def _run_tasks(root: Path, tasks: list, workers: int, show_progress: bool) -> list[dict]:
