@@ -7,8 +7,8 @@ authors' ``sparse_quantize`` keeps an arbitrary one).
 
 Input features (``point_features``): the intensity, scaled to [0, 1] for both datasets so that a network
 pretrained on nuScenes reads SemanticKITTI scans on the same scale. nuScenes stores intensity as 0..255
-(divided by 255 here); SemanticKITTI stores reflectance as 0..1 (kept as is). Values outside [0, 1] after
-scaling are clipped.
+(divided by 255 here); SemanticKITTI and the KITTI object benchmark store reflectance as 0..1 (kept as is).
+Values outside [0, 1] after scaling are clipped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-INTENSITY_SCALE = {"nuscenes": 1.0 / 255.0, "semantickitti": 1.0}
+INTENSITY_SCALE = {"nuscenes": 1.0 / 255.0, "semantickitti": 1.0, "kitti_object": 1.0}
 
 
 def quantize(points: np.ndarray, mode: Literal["cylindrical", "cartesian"] = "cylindrical", size: float = 0.1,
