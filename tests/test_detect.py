@@ -354,8 +354,8 @@ def detect_run(tiny_kitti_object_index, tmp_path_factory):
     """One `slidr detect` run on the tiny world (2 steps), shared by the tests of its outputs."""
     out = tmp_path_factory.mktemp("detect") / "run"
     code = main(["detect", "--config", "detection/detect_demo_cpu.yaml", "--index", str(tiny_kitti_object_index),
-                 "--val-split", "train", "--out", str(out), "trainer.epochs=1", "trainer.max_steps=2", "pictures=2",
-                 *FAST])
+                 "--val-split", "train", "--out", str(out), "trainer.epochs=1", "trainer.limit_train_batches=2",
+                 "val_every_n_epochs=1", "pictures=2", *FAST])
     assert code == 0
     return out
 
@@ -370,6 +370,11 @@ def test_detect_command_writes_its_run_folder(detect_run, capsys):
     summary = json.loads((detect_run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["train_frames"] == 6 and summary["pretrained"] is None
     assert "3D AP|R40" in (detect_run / "detection.md").read_text()
+    # validation during training logged the moderate mAP (the same frames: the same numbers as the final test)
+    rows = (detect_run / "logs" / "metrics.csv").read_text().splitlines()
+    logged = [dict(zip(rows[0].split(","), row.split(","))) for row in rows[1:]]
+    validated = [float(row["val_map_bev"]) for row in logged if row.get("val_map_bev")]
+    assert validated == [pytest.approx(evaluation["map"]["bev"]["moderate"])]
     # model.pt: the backbone loads as any pretrained file, the whole detector back as it was
     cfg = load_config(DetectionConfig, detect_run / "config.yaml")
     fresh, _ = build_detection_model(cfg)
