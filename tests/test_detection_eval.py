@@ -517,9 +517,9 @@ def test_label_text_round_trip(tmp_path):
 
 def test_bad_label_text_is_reported_with_its_line():
     good = "Car 0.00 0 -1.58 587.01 173.33 614.12 200.12 1.65 1.67 3.64 -0.65 1.71 46.70 -1.59"
-    with pytest.raises(DataError, match=r"f.txt:2: 14 fields"):
+    with pytest.raises(DataError, match=r"f.txt line 2: 14 fields"):
         parse_kitti_objects(good + "\n" + " ".join(good.split()[:14]), source="f.txt")
-    with pytest.raises(DataError, match="not a number"):
+    with pytest.raises(DataError, match="must be numbers"):
         parse_kitti_objects(good.replace("46.70", "far"), source="f.txt")
     with pytest.raises(DataError, match="expected 15"):
         parse_kitti_objects(good + "\n" + good + " 0.9", source="f.txt")

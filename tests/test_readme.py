@@ -28,6 +28,7 @@ SHORTER = {
     "pretrain": ["trainer.epochs=1", "trainer.max_steps=1", "--no-progress"],
     "probe": ["trainer.epochs=1", "trainer.max_steps=1"],
     "finetune": ["trainer.epochs=1", "trainer.max_steps=1"],
+    "detect": ["trainer.epochs=1", "trainer.max_steps=1", "pictures=1"],
 }
 
 
@@ -47,7 +48,8 @@ def readme_commands() -> list[list[list[str]]]:
 def test_the_readme_shows_both_flows():
     synthetic, real = readme_commands()
     assert [argv[0] for argv in synthetic] == ["synth", "prepare", "inspect", "superpixels", "pretrain", "pretrain",
-                                               "probe", "finetune", "evaluate", "report", "similarity", "knn"]
+                                               "probe", "finetune", "evaluate", "report", "synth", "prepare", "detect",
+                                               "similarity", "knn"]
     assert {argv[0] for argv in real} == {"prepare", "superpixels", "pretrain", "probe", "finetune"}
     # the README documents the shortening the test applies
     text = README.read_text()
@@ -78,6 +80,6 @@ def test_the_readme_flow_runs_on_the_synthetic_world(tmp_path, monkeypatch, caps
     probe, ft = (json.loads((runs / name / "summary.json").read_text()) for name in ("probe", "ft"))
     assert probe["train_scans"] == 4 and ft["train_scans"] == 2  # 2 training scenes of 2 frames; half of them
     for path in ("sample0.json", "runs/probe/eval-val/evaluation.json", "report/report.md", "sim.png",
-                 "knn/knn.gif", "data/synth/synth_manifest.json"):
+                 "knn/knn.gif", "data/synth/synth_manifest.json", "runs/det/evaluation.json"):
         assert (tmp_path / path).is_file(), path
     assert not (runs / "slidr" / "resume_changes.json").exists()  # the resume used the run's own settings

@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY_WORLD
 from slidr.data import boxes as B
 from slidr.data.classes import NUSCENES_CATEGORIES
-from slidr.data.synth import generate_world, nuscenes_writer
+from slidr.data.synth import nuscenes_writer
 from slidr.data.synth.annotate import ANNOTATION_MARGIN_M, KITTI_TYPES_BY_CATEGORY
 from slidr.data.synth.generate import lidar_scan, scene_objects, scene_world
 from slidr.data.synth.kitti_writer import velodyne_to_ego
@@ -217,10 +217,8 @@ def test_instances_chain_their_annotations_and_use_devkit_names(nusc):
 
 
 @pytest.fixture(scope="module")
-def kitti_object_world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "kitti_object"
-    generate_world(out, workers=1, fmt="kitti-object", show_progress=False, previews=False, **TINY_WORLD)
-    return out
+def kitti_object_world(tiny_kitti_object_world) -> Path:
+    return tiny_kitti_object_world
 
 
 def test_kitti_object_layout(kitti_object_world, tiny_kitti_world):

@@ -167,7 +167,7 @@ class SuperpixelConfig(ConfigBase):
 class DataConfig(ConfigBase):
     """Where the data is and how a sample is turned into tensors."""
 
-    dataset: Literal["nuscenes", "semantickitti"] = "nuscenes"
+    dataset: Literal["nuscenes", "semantickitti", "kitti_object"] = "nuscenes"
     index: str = "data/synth/index.npz"
     train_split: str = "train"
     val_split: str = "val"
@@ -562,24 +562,71 @@ class DetectionHeadConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
-class DetectionConfig(ConfigBase):
-    """``slidr detect``: 3D object detection (KITTI) with a (pretrained) backbone and a BEV CenterPoint head."""
+class DetectionAugmentConfig(ConfigBase):
+    """Training augmentations of ``slidr detect``: they move the boxes with the points (``slidr.data.detection``).
 
-    pretrained: Optional[str] = None  # exported pretraining file or state dict; None = random init
+    OpenPCDet's KITTI recipe, in its order: a mirror across the x-z plane (``y -> -y``, ``yaw -> -yaw``) with
+    ``flip_prob``, a rotation about z by an angle uniform in ``[-rotation_deg, rotation_deg]`` (``yaw + angle``),
+    a global scaling by a factor uniform in ``scale_range`` (centres and sizes). No cuboid drop (it would cut
+    objects) and no ground-truth database sampling (copy-paste of objects between scans).
+    """
+
+    enabled: bool = True
+    flip_prob: float = 0.5
+    rotation_deg: float = 45.0
+    scale_range: list[float] = field(default_factory=lambda: [0.95, 1.05])
+
+    def validate(self, where: str) -> None:
+        _in_unit_interval(self.flip_prob, subkey(where, "flip_prob"))
+        if not 0 <= self.rotation_deg <= 180:
+            raise ConfigError(f"{subkey(where, 'rotation_deg')} must be in [0, 180], got {self.rotation_deg}",
+                              key=subkey(where, "rotation_deg"))
+        scale = self.scale_range
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ConfigError(f"{subkey(where, 'scale_range')} must be [low, high] with 0 < low <= high, got "
+                              f"{scale}", key=subkey(where, "scale_range"))
+
+
+@dataclass(frozen=True)
+class DetectionConfig(ConfigBase):
+    """``slidr detect``: 3D object detection (KITTI) with a (pretrained) backbone and a BEV CenterPoint head.
+
+    ``data`` names a ``kitti_object`` index (``slidr prepare kitti-object``), its splits and the label fraction
+    (every k-th frame of the training split, ``k = round(1 / label_fraction)``); ``data.voxel`` must be the
+    pretraining's. Detection augmentations are ``augment`` (``data.augment``, the paired image augmentation of
+    pretraining, must stay disabled).
+    """
+
+    pretrained: Optional[str] = setting(
+        None, help="pretrained file (slidr pretrain's pretrained.pt or a state dict); none = random init")
     data: DataConfig = field(default_factory=lambda: DataConfig(
-        dataset="semantickitti", index="data/kitti-object/index.npz", cameras=["image_2"],
+        dataset="kitti_object", index="data/kitti_object/index.npz", cameras=["image_2"],
         augment=AugmentConfig(enabled=False)))
-    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(normalize_output=False))
+    crop_to_image: bool = True  # keep the points that project into image_2 (OpenPCDet's FOV_POINTS_ONLY)
+    augment: DetectionAugmentConfig = field(default_factory=DetectionAugmentConfig)
+    # name / in_channels unset (null): the pretrained file's network (DownstreamBackboneConfig)
+    backbone: DownstreamBackboneConfig = field(default_factory=DownstreamBackboneConfig)
     head: DetectionHeadConfig = field(default_factory=DetectionHeadConfig)
     # OpenPCDet's KITTI CenterPoint: Adam (one-cycle) at 0.003, weight decay 0.01, 80 epochs, batch 8
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(optimizer="adamw", lr=0.003, weight_decay=0.01))
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(epochs=80, batch_size=8))
     recall_positions: int = 40  # evaluation: AP|R40 (11: AP|R11 of older papers)
+    val_every_n_epochs: int = 0  # evaluate data.val_split during training every N epochs (0: only after training)
+    pictures: int = 4  # validation frames drawn (bird's-eye view and camera, predicted and true boxes)
 
     def validate(self, where: str) -> None:
         w = f"{where}." if where else ""
         if self.recall_positions not in (11, 40):
-            raise ConfigError(f"{w}recall_positions must be 11 or 40, got {self.recall_positions}")
+            raise ConfigError(f"{w}recall_positions must be 11 or 40, got {self.recall_positions}",
+                              key=f"{w}recall_positions")
+        if self.data.dataset != "kitti_object":
+            raise ConfigError(f"{w}data.dataset must be kitti_object (a `slidr prepare kitti-object` index), got "
+                              f"{self.data.dataset!r}", key=f"{w}data.dataset")
+        if self.data.augment.enabled:
+            raise ConfigError(f"{w}data.augment is pretraining's paired image augmentation; detection augmentations "
+                              f"are {w}augment (set {w}data.augment.enabled=false)", key=f"{w}data.augment.enabled")
+        at_least(self.val_every_n_epochs, 0, f"{w}val_every_n_epochs")
+        at_least(self.pictures, 0, f"{w}pictures")
 
 
 @dataclass(frozen=True)
@@ -768,7 +815,8 @@ class SimilarityConfig(ConfigBase):
 # Packaged configs.
 # --------------------------------------------------------------------------------------------------------------
 
-CONFIG_GROUPS: dict[str, type] = {"pretrain": PretrainConfig, "downstream": DownstreamConfig, "demo": DemoConfig}
+CONFIG_GROUPS: dict[str, type] = {"pretrain": PretrainConfig, "downstream": DownstreamConfig, "demo": DemoConfig,
+                                  "detection": DetectionConfig}
 
 
 def packaged_config_dir() -> Path:

@@ -372,7 +372,7 @@ class ImageBoxes:
     truncation: np.ndarray  # (K,) 1 - clipped area / full area (1 where nothing of the box is in front)
 
 
-def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw: Sequence[int],
+def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw: Optional[Sequence[int]],
                            near: float = 0.1) -> ImageBoxes:
     """2D image boxes of 3D boxes: the extent of their projected corners, clipped to the image.
 
@@ -383,7 +383,8 @@ def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw
     ----------
     corners : (K, 8, 3) corners in the camera frame (z forward), ordered as :func:`box_corners`.
     projection : (3, 4) camera matrix (KITTI ``P2``; ``[K | 0]`` for a plain intrinsic).
-    image_hw : (height, width) in pixels.
+    image_hw : (height, width) in pixels; None: no image border (``clipped`` is ``full``, ``valid`` means some of
+        the box is in front of the plane).
     near : depth of the clipping plane, metres (depth as the third row of ``projection`` computes it).
 
     Returns
@@ -392,7 +393,6 @@ def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw
     """
     corners = np.asarray(corners, dtype=np.float64).reshape(-1, 8, 3)
     projection = np.asarray(projection, dtype=np.float64)
-    height, width = int(image_hw[0]), int(image_hw[1])
     count = len(corners)
     full = np.zeros((count, 4))
     homogeneous_all = corners @ projection[:, :3].T + projection[:, 3]  # (K, 8, 3): u*d, v*d, d
@@ -417,8 +417,10 @@ def project_boxes_to_image(corners: np.ndarray, projection: np.ndarray, image_hw
         full[k] = (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max())
         valid_front[k] = True
     clipped = full.copy()
-    clipped[:, [0, 2]] = np.clip(full[:, [0, 2]], 0.0, width - 1.0)
-    clipped[:, [1, 3]] = np.clip(full[:, [1, 3]], 0.0, height - 1.0)
+    if image_hw is not None:
+        height, width = int(image_hw[0]), int(image_hw[1])
+        clipped[:, [0, 2]] = np.clip(full[:, [0, 2]], 0.0, width - 1.0)
+        clipped[:, [1, 3]] = np.clip(full[:, [1, 3]], 0.0, height - 1.0)
     valid = valid_front & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     full_area = np.maximum(full[:, 2] - full[:, 0], 0.0) * np.maximum(full[:, 3] - full[:, 1], 0.0)
     clipped_area = np.where(valid, (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]), 0.0)
@@ -493,8 +495,15 @@ class KittiLabels:
             score=None if any(s is None for s in scores) else np.concatenate(scores))
 
 
-def parse_kitti_labels(text: str, source: str = "label_2 text") -> KittiLabels:
+def parse_kitti_labels(text: str, source: str = "label_2 text", scores: Optional[bool] = None) -> KittiLabels:
     """Parse ``label_2`` lines (15 fields, or 16 with a detection score).
+
+    Parameters
+    ----------
+    text : the file's content; blank lines are skipped.
+    source : named in error messages (the file's path).
+    scores : True requires 16 fields a line (a result file), False 15 (ground truth); None accepts either, the
+        same for every line. With ``scores=True`` an empty text gives an empty ``score`` array (not None).
 
     Raises
     ------
@@ -503,14 +512,21 @@ def parse_kitti_labels(text: str, source: str = "label_2 text") -> KittiLabels:
     """
     rows: list[list[float]] = []
     names: list[str] = []
-    scores: list[float] = []
+    scores_read: list[float] = []
+    width: Optional[int] = None
+    first = 0
     for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) not in (15, 16):
-            raise DataError(f"{source} line {number}: {len(fields)} fields; a KITTI label line has 15 (type "
-                            "truncated occluded alpha left top right bottom h w l x y z rotation_y) or 16 (+ score)")
+        allowed = (15, 16) if scores is None else ((16,) if scores else (15,))
+        if len(fields) not in allowed or (width is not None and len(fields) != width):
+            want = str(width) if width is not None else " or ".join(map(str, allowed))
+            since = f" (as line {first})" if width is not None else ""
+            raise DataError(f"{source} line {number}: {len(fields)} fields, expected {want}{since}: type truncated "
+                            "occluded alpha left top right bottom h w l x y z rotation_y [score]")
+        if width is None:
+            width, first = len(fields), number
         try:
             values = [float(value) for value in fields[1:]]
         except ValueError:
@@ -519,23 +535,26 @@ def parse_kitti_labels(text: str, source: str = "label_2 text") -> KittiLabels:
         names.append(fields[0])
         rows.append(values[:14])
         if len(fields) == 16:
-            scores.append(values[14])
-    if scores and len(scores) != len(rows):
-        raise DataError(f"{source}: some lines have a score (16 fields) and others not")
+            scores_read.append(values[14])
     table = np.asarray(rows, dtype=np.float64).reshape(-1, 14)
-    return KittiLabels(type=names, truncated=table[:, 0], occluded=np.rint(table[:, 1]).astype(np.int64),
+    occluded = table[:, 1]
+    if np.any(occluded != np.round(occluded)):
+        raise DataError(f"{source}: occlusion levels must be integers, got {occluded[occluded != np.round(occluded)]}")
+    with_scores = width == 16 or (width is None and bool(scores))
+    return KittiLabels(type=names, truncated=table[:, 0], occluded=occluded.astype(np.int64),
                        alpha=table[:, 2], bbox=table[:, 3:7], dimensions=table[:, 7:10], location=table[:, 10:13],
-                       rotation_y=table[:, 13], score=np.asarray(scores, dtype=np.float64) if scores else None)
+                       rotation_y=table[:, 13],
+                       score=np.asarray(scores_read, dtype=np.float64) if with_scores else None)
 
 
-def read_kitti_labels(path: str | Path) -> KittiLabels:
-    """Read a ``label_2`` file (:func:`parse_kitti_labels`); a missing file raises ``DataError``."""
+def read_kitti_labels(path: str | Path, scores: Optional[bool] = None) -> KittiLabels:
+    """Read a ``label_2`` (or result) file (:func:`parse_kitti_labels`); a missing file raises ``DataError``."""
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read KITTI label file {path}: {error}") from None
-    return parse_kitti_labels(text, str(path))
+    return parse_kitti_labels(text, str(path), scores)
 
 
 def format_kitti_labels(labels: KittiLabels, decimals: int = 2) -> str:
@@ -563,8 +582,10 @@ def format_kitti_labels(labels: KittiLabels, decimals: int = 2) -> str:
 
 
 def write_kitti_labels(path: str | Path, labels: KittiLabels, decimals: int = 2) -> None:
-    """Write a ``label_2`` file (:func:`format_kitti_labels`); an empty file for no objects."""
-    Path(path).write_text(format_kitti_labels(labels, decimals))
+    """Write a ``label_2`` file atomically (:func:`format_kitti_labels`); an empty file for no objects."""
+    from slidr.utils.io import atomic_write_text
+
+    atomic_write_text(Path(path), format_kitti_labels(labels, decimals))
 
 
 def parse_kitti_calibration(text: str, source: str = "calib text") -> dict[str, np.ndarray]:

@@ -240,6 +240,8 @@ def check_index_dataset(index: DatasetIndex, dataset: str, setting: str = "data.
     DataError
         ``index.format != dataset``; the message names the index file, its format and the setting.
     """
+    if index.format == dataset:
+        return
     if index.format not in SEGMENTATION_FORMATS:
         raise DataError(f"index {index.path or '(in memory)'} holds {index.format} samples (3D boxes, no point "
                         f"labels); {setting} is {dataset!r}: use a {dataset} index (slidr prepare {dataset})")

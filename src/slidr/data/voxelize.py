@@ -13,8 +13,10 @@ Input features (``point_features``), one channel per point, by ``data.point_feat
   sums over the occupied neighbours only, so with +1 the first layer also sees the occupancy pattern of points
   with zero remission. The scale matters for training even though batch norm follows the first convolution: it
   sets that layer's effective learning rate and weight decay.
-- ``"unit"``: the intensity scaled to [0, 1] for both datasets (nuScenes / 255, SemanticKITTI as is, clipped),
-  slidr 0.1's choice.
+- ``"unit"``: the intensity scaled to [0, 1] for every dataset (nuScenes / 255, SemanticKITTI and the KITTI object
+  benchmark as is, clipped), slidr 0.1's choice.
+
+The KITTI object benchmark's reflectance (0..1) is fed as stored under ``"release"`` (OpenPCDet's loaders).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
-INTENSITY_SCALE = {"nuscenes": 1.0 / 255.0, "semantickitti": 1.0}  # "unit" features
-RELEASE_OFFSET = {"nuscenes": 0.0, "semantickitti": 1.0}  # "release" features: stored value + offset
+INTENSITY_SCALE = {"nuscenes": 1.0 / 255.0, "semantickitti": 1.0, "kitti_object": 1.0}  # "unit" features
+RELEASE_OFFSET = {"nuscenes": 0.0, "semantickitti": 1.0, "kitti_object": 0.0}  # "release": stored value + offset
 FEATURE_CONVENTIONS = ("release", "unit")
 
 

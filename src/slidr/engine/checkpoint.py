@@ -252,7 +252,8 @@ class EpochCheckpoint(Checkpoint):
 
 
 def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_images_head: Optional[torch.nn.Module],
-                      config: Any, method: str, model_images_encoder: Optional[torch.nn.Module] = None) -> Path:
+                      config: Any, method: str, model_images_encoder: Optional[torch.nn.Module] = None,
+                      extra: Optional[Mapping[str, torch.nn.Module]] = None) -> Path:
     """Write the exported pretrained file (atomically) and return its path.
 
     Parameters
@@ -270,6 +271,9 @@ def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_ima
     model_images_encoder : nn.Module or None
         The frozen image encoder, stored (``model_images_encoder``) when it cannot be rebuilt from a weights
         file, i.e. when it was randomly initialised.
+    extra : name -> nn.Module, optional
+        Further networks stored as state dicts under their names (e.g. ``detection_head`` of ``slidr detect``);
+        readers of the exported file that do not know them ignore them.
     """
     payload = {
         "model_points": _cpu_state(model_points),
@@ -280,6 +284,10 @@ def export_pretrained(path: str | Path, model_points: torch.nn.Module, model_ima
     }
     if model_images_encoder is not None:
         payload["model_images_encoder"] = _cpu_state(model_images_encoder)
+    for name, module in (extra or {}).items():
+        if name in payload:
+            raise SlidrError(f"export_pretrained: extra network name {name!r} is a key of the exported file")
+        payload[name] = _cpu_state(module)
     save_atomic(payload, path, "exported file")
     return Path(path)
 

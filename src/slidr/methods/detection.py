@@ -38,13 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from slidr.data.boxes import kitti_camera_corners
+from slidr.data.boxes import project_boxes_to_image as project_corners
+from slidr.data.detection import class_indices  # noqa: F401 - re-exported: a public name of this module
 from slidr.errors import SlidrError
-from slidr.methods.detection_eval import (
-    KittiObjects,
-    lidar_bev_overlap,
-    lidar_to_camera_boxes,
-    project_boxes_to_image,
-)
+from slidr.methods.detection_eval import KittiObjects, lidar_bev_overlap, lidar_to_camera_boxes
 from slidr.methods.losses import Stats
 from slidr.models.detection import BevGrid
 
@@ -405,12 +403,6 @@ def decode_detections(heatmap: torch.Tensor, regression: torch.Tensor, grid: Bev
     return results
 
 
-def class_indices(names: Sequence[str] | np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """Class index of each object name in ``classes`` (case-insensitive), -1 for other names: (K,) -> (K,) int64."""
-    lookup = {name.lower(): index for index, name in enumerate(classes)}
-    return np.array([lookup.get(str(name).lower(), -1) for name in names], dtype=np.int64)
-
-
 def to_kitti_objects(detections: Detections, classes: Sequence[str], lidar_to_camera: np.ndarray,
                      projection: np.ndarray, image_size: tuple[int, int], drop_outside_image: bool = True,
                      source: str = "<detections>") -> KittiObjects:
@@ -423,29 +415,28 @@ def to_kitti_objects(detections: Detections, classes: Sequence[str], lidar_to_ca
     lidar_to_camera : (4, 4) lidar -> rectified camera (KITTI: ``R0_rect @ Tr_velo_to_cam``).
     projection : (3, 4) camera matrix of the evaluated image (KITTI: ``P2``).
     image_size : (width, height) of that image.
-    drop_outside_image : drop detections whose centre is behind the camera or whose 2D box misses the image
-        (KITTI labels only objects seen in ``image_2``: such boxes could only be false positives).
+    drop_outside_image : drop detections whose centre is behind the camera or of which nothing is in front of the
+        camera inside the image (KITTI labels only objects seen in ``image_2``: such boxes could only be false
+        positives).
 
     Returns
     -------
-    :class:`KittiObjects` with camera boxes (:func:`lidar_to_camera_boxes`), 2D boxes clipped to the image
-    (:func:`project_boxes_to_image`), ``alpha`` from the box's position and yaw, and the scores.
+    :class:`KittiObjects` with camera boxes (:func:`lidar_to_camera_boxes`), 2D boxes (the extent of the part of
+    the box in front of the camera, clipped to the image: :func:`slidr.data.boxes.project_boxes_to_image`),
+    ``alpha`` from the box's position and yaw, and the scores.
     """
     labels = np.asarray(detections.labels, dtype=np.int64).reshape(-1)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise SlidrError(f"{source}: class index {int(labels.max())} outside the {len(classes)} classes")
     camera = lidar_to_camera_boxes(detections.boxes, lidar_to_camera)
-    bbox = project_boxes_to_image(camera, projection, image_size)
+    width, height = image_size
+    corners = kitti_camera_corners(camera[:, :3], camera[:, [4, 5, 3]], camera[:, 6])
+    image = project_corners(corners, np.asarray(projection, dtype=np.float64), (height, width))
+    bbox = image.clipped
     scores = np.asarray(detections.scores, dtype=np.float64).reshape(-1)
     if drop_outside_image:
-        unclipped = project_boxes_to_image(camera, projection)
-        width, height = image_size
-        in_front = camera[:, 2] > 0
-        seen = (unclipped[:, 2] > 0) & (unclipped[:, 0] < width - 1) & (unclipped[:, 3] > 0) & \
-               (unclipped[:, 1] < height - 1)
-        keep = in_front & seen & (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
+        keep = (camera[:, 2] > 0) & image.valid  # centre in front, some of the box in the image
         camera, bbox, scores, labels = camera[keep], bbox[keep], scores[keep], labels[keep]
     names = np.asarray(classes, dtype=str)[labels] if len(labels) else np.zeros(0, dtype=str)
     return KittiObjects.create(names, bbox, dimensions=camera[:, [4, 5, 3]], location=camera[:, :3],
                                rotation_y=camera[:, 6], score=scores, source=source)
-

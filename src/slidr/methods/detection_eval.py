@@ -36,6 +36,14 @@ The protocol (per class, per difficulty, per metric):
   so with fewer than 41 counted ground truths AP|R40 cannot reach 100 (:func:`max_reachable_ap`; ``notes`` in
   the result names such classes): evaluate on enough frames.
 
+Files and geometry are :mod:`slidr.data.boxes`' (one reader and writer of ``label_2`` files, one set of lidar <->
+camera conversions): :class:`KittiObjects` converts from and to its :class:`~slidr.data.boxes.KittiLabels`, files
+are written in the official format (2 decimals, DontCare placeholders, the score last), and the 2D boxes of
+detections (:func:`project_boxes_to_image`) are the extent of the part of the 3D box in front of the camera, cut at
+the camera plane (the way the synthetic world's labels are made; for boxes wholly in front, the extent of the 8
+projected corners, as OpenPCDet computes it). An earlier version clamped the depth of corners behind the camera
+to 1 mm instead, which inflates the 2D box of a box crossing the camera plane to the image border.
+
 Deliberate choices (documented here, checked in ``tests/test_detection_eval.py``):
 
 - ``convention="devkit"`` (default) ignores a ground truth whose height is *below* the minimum, as the C++ devkit
@@ -58,8 +66,8 @@ import numba
 import numpy as np
 
 from slidr.config import ConfigError
+from slidr.data import boxes as geometry
 from slidr.errors import DataError, SlidrError
-from slidr.utils.io import atomic_write_text
 
 KITTI_CLASSES = ("Car", "Pedestrian", "Cyclist")
 DIFFICULTIES = ("easy", "moderate", "hard")
@@ -192,9 +200,26 @@ class KittiObjects:
                             location=self.location[mask], rotation_y=self.rotation_y[mask],
                             score=None if self.score is None else self.score[mask], source=self.source)
 
+    @classmethod
+    def from_labels(cls, labels: geometry.KittiLabels, source: str = "<labels>") -> "KittiObjects":
+        """The objects of a :class:`slidr.data.boxes.KittiLabels` (the data layer's ``label_2`` columns), checked."""
+        return cls(names=np.asarray(labels.type, dtype=str), truncated=labels.truncated, occluded=labels.occluded,
+                   alpha=labels.alpha, bbox=labels.bbox, dimensions=labels.dimensions, location=labels.location,
+                   rotation_y=labels.rotation_y, score=labels.score, source=source)
+
+    def to_labels(self) -> geometry.KittiLabels:
+        """The same objects as :class:`slidr.data.boxes.KittiLabels` (what its file writer takes)."""
+        return geometry.KittiLabels(
+            type=[str(name) for name in self.names], truncated=self.truncated.copy(), occluded=self.occluded.copy(),
+            alpha=self.alpha.copy(), bbox=self.bbox.copy(), dimensions=self.dimensions.copy(),
+            location=self.location.copy(), rotation_y=self.rotation_y.copy(),
+            score=None if self.score is None else self.score.copy())
+
 
 def parse_kitti_objects(text: str, source: str = "<text>", scores: Optional[bool] = None) -> KittiObjects:
     """Objects of one ``label_2``-style file (15 fields a line) or result file (16: a score last).
+
+    The reader of :func:`slidr.data.boxes.parse_kitti_labels`, as :class:`KittiObjects`.
 
     Parameters
     ----------
@@ -205,53 +230,17 @@ def parse_kitti_objects(text: str, source: str = "<text>", scores: Optional[bool
     Raises
     ------
     DataError
-        A line with another number of fields or a field that is not a number (the message names the line).
+        A line with another number of fields or a field that is not a number (the message names the line), a
+        2D box with right < left or bottom < top.
     """
-    rows: list[list[str]] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        allowed = (15, 16) if scores is None else ((16,) if scores else (15,))
-        if len(fields) not in allowed or (rows and len(fields) != len(rows[0])):
-            want = " or ".join(str(a) for a in allowed) if not rows else str(len(rows[0]))
-            raise DataError(f"{source}:{number}: {len(fields)} fields, expected {want} (type truncated occluded "
-                            f"alpha left top right bottom h w l x y z rotation_y [score])")
-        try:
-            [float(value) for value in fields[1:]]
-        except ValueError:
-            raise DataError(f"{source}:{number}: a field is not a number: {line.strip()!r}") from None
-        rows.append(fields)
-    if not rows:
-        empty = KittiObjects.empty(with_score=bool(scores))
-        return KittiObjects(**{**_fields(empty), "source": source})
-    values = np.array([[float(v) for v in row[1:]] for row in rows], dtype=np.float64)
-    occluded = values[:, 1]
-    if np.any(occluded != np.round(occluded)):
-        raise DataError(f"{source}: occlusion levels must be integers, got {occluded[occluded != np.round(occluded)]}")
-    return KittiObjects(names=np.array([row[0] for row in rows]), truncated=values[:, 0],
-                        occluded=occluded.astype(np.int64), alpha=values[:, 2], bbox=values[:, 3:7],
-                        dimensions=values[:, 7:10], location=values[:, 10:13], rotation_y=values[:, 13],
-                        score=values[:, 14] if values.shape[1] == 15 else None, source=source)
+    return KittiObjects.from_labels(geometry.parse_kitti_labels(text, source, scores), source)
 
 
-def _fields(objects: KittiObjects) -> dict:
-    return {name: getattr(objects, name) for name in ("names", "truncated", "occluded", "alpha", "bbox",
-                                                       "dimensions", "location", "rotation_y", "score")}
-
-
-def format_kitti_objects(objects: KittiObjects, decimals: int = 4) -> str:
-    """``label_2`` lines (with the score last when the objects have scores), ``decimals`` digits after the point."""
-    lines = []
-    for i in range(len(objects)):
-        numbers = [objects.truncated[i], *objects.bbox[i], *objects.dimensions[i], *objects.location[i],
-                   objects.rotation_y[i]]
-        if objects.score is not None:
-            numbers.append(objects.score[i])
-        text = [f"{v:.{decimals}f}" for v in numbers]
-        lines.append(" ".join([objects.names[i], text[0], str(int(objects.occluded[i])),
-                               f"{objects.alpha[i]:.{decimals}f}", *text[1:]]))
-    return "".join(line + "\n" for line in lines)
+def format_kitti_objects(objects: KittiObjects, decimals: int = 2) -> str:
+    """``label_2`` lines in the official format (:func:`slidr.data.boxes.format_kitti_labels`: ``decimals`` digits,
+    2 as the benchmark's files; DontCare lines with the devkit's placeholders; the score last, 4 digits, when the
+    objects have scores)."""
+    return geometry.format_kitti_labels(objects.to_labels(), decimals)
 
 
 def read_kitti_objects(path: str | Path, scores: Optional[bool] = None) -> KittiObjects:
@@ -259,12 +248,12 @@ def read_kitti_objects(path: str | Path, scores: Optional[bool] = None) -> Kitti
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
-    return parse_kitti_objects(path.read_text(), source=str(path), scores=scores)
+    return KittiObjects.from_labels(geometry.read_kitti_labels(path, scores), str(path))
 
 
-def write_kitti_objects(path: str | Path, objects: KittiObjects, decimals: int = 4) -> None:
+def write_kitti_objects(path: str | Path, objects: KittiObjects, decimals: int = 2) -> None:
     """Write one ``label_2`` / result file atomically (:func:`format_kitti_objects`)."""
-    atomic_write_text(path, format_kitti_objects(objects, decimals))
+    geometry.write_kitti_labels(path, objects.to_labels(), decimals)
 
 
 def read_kitti_folder(folder: str | Path, frame_ids: Optional[Iterable[str]] = None,
@@ -288,16 +277,9 @@ def read_kitti_folder(folder: str | Path, frame_ids: Optional[Iterable[str]] = N
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Geometry
+# Geometry: camera boxes (N, 7) [x, y, z, l, h, w, ry]; the conversions are slidr.data.boxes'
 # --------------------------------------------------------------------------------------------------------------
-def observation_angle(location: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
-    """KITTI's ``alpha``: ``rotation_y`` minus the azimuth ``atan2(x, z)`` of the box, wrapped to [-pi, pi).
-
-    ``location`` (N, 3), ``rotation_y`` (N,) -> (N,) float64.
-    """
-    location = np.asarray(location, dtype=np.float64).reshape(-1, 3)
-    angle = np.asarray(rotation_y, dtype=np.float64) - np.arctan2(location[:, 0], location[:, 2])
-    return (angle + np.pi) % (2 * np.pi) - np.pi
+observation_angle = geometry.observation_angle
 
 
 def bev_corners(boxes: np.ndarray) -> np.ndarray:
@@ -314,27 +296,15 @@ def bev_corners(boxes: np.ndarray) -> np.ndarray:
     return np.stack([x, z], axis=-1)
 
 
-def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """The 8 corners of camera boxes: (N, 7) ``[x, y, z, l, h, w, ry]`` -> (N, 8, 3) camera coordinates.
-
-    Corners 0-3 are the bottom face (``y``), 4-7 the top face (``y - h``), each counter-clockwise in (x, z).
-    """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    footprint = bev_corners(boxes)
-    bottom = np.broadcast_to(boxes[:, None, 1], (len(boxes), 4))
-    top = bottom - boxes[:, None, 4]
-    x = np.concatenate([footprint[..., 0]] * 2, axis=1)
-    z = np.concatenate([footprint[..., 1]] * 2, axis=1)
-    return np.stack([x, np.concatenate([bottom, top], axis=1), z], axis=-1)
-
-
-def lidar_to_camera_boxes(boxes: np.ndarray, lidar_to_camera: np.ndarray) -> np.ndarray:
+def lidar_to_camera_boxes(lidar_boxes: np.ndarray, lidar_to_camera: np.ndarray) -> np.ndarray:
     """Lidar-frame boxes to KITTI camera boxes (the exact inverse of :func:`camera_to_lidar_boxes`).
+
+    :func:`slidr.data.boxes.lidar_to_kitti_camera` in the camera-box layout.
 
     Parameters
     ----------
-    boxes : (N, 7) ``[x, y, z, dx, dy, dz, yaw]`` in the lidar frame: the box's **centre**, its size along its
-        heading (length), across it (width) and vertically (height), and the heading's angle from the lidar's x
+    lidar_boxes : (N, 7) ``[x, y, z, dx, dy, dz, yaw]`` in the lidar frame: the box's **centre**, its size along
+        its heading (length), across it (width) and vertically (height), and the heading's angle from the lidar's x
         axis towards its y axis (OpenPCDet's convention; KITTI's velodyne: x forward, y left, z up).
     lidar_to_camera : (4, 4) lidar -> rectified camera transform; for KITTI ``R0_rect @ Tr_velo_to_cam`` (both
         padded to 4x4).
@@ -347,80 +317,57 @@ def lidar_to_camera_boxes(boxes: np.ndarray, lidar_to_camera: np.ndarray) -> np.
     rotation about the vertical (~0.01 rad), which OpenPCDet's formula leaves out: convert labels with
     :func:`camera_to_lidar_boxes` and predictions back with this function so that the two agree exactly.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    rotation, translation = _rigid(lidar_to_camera)
-    bottom = boxes[:, :3] - np.column_stack([np.zeros((len(boxes), 2)), boxes[:, 5] / 2])
-    location = bottom @ rotation.T + translation
-    heading = np.column_stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6]), np.zeros(len(boxes))])
-    direction = heading @ rotation.T
-    ry = _wrap(np.arctan2(-direction[:, 2], direction[:, 0]))
-    return np.column_stack([location, boxes[:, 3], boxes[:, 5], boxes[:, 4], ry])
+    location, dimensions, rotation_y = geometry.lidar_to_kitti_camera(
+        np.asarray(lidar_boxes, dtype=np.float64).reshape(-1, 7), _transform(lidar_to_camera))
+    return np.column_stack([location, dimensions[:, 2], dimensions[:, 0], dimensions[:, 1], rotation_y])
 
 
-def camera_to_lidar_boxes(boxes: np.ndarray, lidar_to_camera: np.ndarray) -> np.ndarray:
+def camera_to_lidar_boxes(camera_boxes: np.ndarray, lidar_to_camera: np.ndarray) -> np.ndarray:
     """KITTI camera boxes (N, 7) ``[x, y, z, l, h, w, ry]`` to lidar boxes (N, 7) ``[x, y, z, dx, dy, dz, yaw]``.
 
-    The exact inverse of :func:`lidar_to_camera_boxes`: the bottom centre moved into the lidar frame and raised by
-    ``h / 2`` along the lidar's z axis; ``yaw`` the lidar-horizontal heading whose image in the camera frame points
-    along ``(cos ry, -sin ry)`` on the ``(x, z)`` plane.
+    The exact inverse of :func:`lidar_to_camera_boxes` (:func:`slidr.data.boxes.kitti_camera_to_lidar`): the
+    bottom centre moved into the lidar frame and raised by ``h / 2`` along the lidar's z axis; ``yaw`` the
+    lidar-horizontal heading whose image in the camera frame points along ``(cos ry, -sin ry)`` on the ``(x, z)``
+    plane.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    rotation, translation = _rigid(lidar_to_camera)
-    # the inverse rather than the transpose: calibration files' rotations are orthonormal to ~1e-7 only
-    bottom = (boxes[:, :3] - translation) @ np.linalg.inv(rotation).T
-    centre = bottom + np.column_stack([np.zeros((len(boxes), 2)), boxes[:, 4] / 2])
-    cos, sin = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    # a lidar heading (cos yaw, sin yaw, 0) maps to x/z components parallel to (cos ry, -sin ry) when
-    # cos(yaw) * a + sin(yaw) * b = 0, with a and b below; of the two solutions keep the one pointing forward
-    a = rotation[0, 0] * sin + rotation[2, 0] * cos
-    b = rotation[0, 1] * sin + rotation[2, 1] * cos
-    yaw = np.arctan2(-a, b)
-    mapped_x = rotation[0, 0] * np.cos(yaw) + rotation[0, 1] * np.sin(yaw)
-    mapped_z = rotation[2, 0] * np.cos(yaw) + rotation[2, 1] * np.sin(yaw)
-    yaw = np.where(mapped_x * cos - mapped_z * sin < 0, yaw + np.pi, yaw)
-    return np.column_stack([centre, boxes[:, 3], boxes[:, 5], boxes[:, 4], _wrap(yaw)])
+    camera_boxes = np.asarray(camera_boxes, dtype=np.float64).reshape(-1, 7)
+    return geometry.kitti_camera_to_lidar(camera_boxes[:, :3], camera_boxes[:, [4, 5, 3]], camera_boxes[:, 6],
+                                       _transform(lidar_to_camera))
 
 
-def _rigid(transform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    transform = np.asarray(transform, dtype=np.float64)
-    if transform.shape != (4, 4):
-        raise SlidrError(f"lidar_to_camera has shape {transform.shape}, expected (4, 4)")
-    return transform[:3, :3], transform[:3, 3]
+def _transform(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise SlidrError(f"lidar_to_camera has shape {matrix.shape}, expected (4, 4)")
+    return matrix
 
 
-def _wrap(angle: np.ndarray) -> np.ndarray:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
+def project_boxes_to_image(camera_boxes: np.ndarray, projection: np.ndarray,
+                           image_size: Optional[tuple[int, int]] = None, near: float = 0.1) -> np.ndarray:
+    """2D boxes of camera boxes: the extent of their visible part in the image, clipped to the image.
 
-
-def project_boxes_to_image(boxes: np.ndarray, projection: np.ndarray,
-                           image_size: Optional[tuple[int, int]] = None, min_depth: float = 1e-3) -> np.ndarray:
-    """2D boxes of camera boxes: the extent of the 8 projected corners, clipped to the image.
+    :func:`slidr.data.boxes.project_boxes_to_image` of the boxes' corners: parts of a box closer than ``near`` to
+    the camera plane are cut off first (the 2D extent of what is in front, as the synthetic world's labels are
+    made). For boxes wholly in front this is the extent of the 8 projected corners.
 
     Parameters
     ----------
-    boxes : (N, 7) ``[x, y, z, l, h, w, ry]`` camera boxes.
+    camera_boxes : (N, 7) ``[x, y, z, l, h, w, ry]`` camera boxes.
     projection : (3, 4) camera matrix (KITTI's ``P2`` for ``image_2``).
     image_size : (width, height) to clip to (``[0, width - 1] x [0, height - 1]``, as OpenPCDet); None: no clip.
-    min_depth : corners closer than this (or behind the camera) are projected from this depth, so a box that
-        crosses the image plane reaches the image border instead of flipping.
+    near : depth of the clipping plane, metres.
 
     Returns
     -------
-    (N, 4) float64 ``left, top, right, bottom``.
+    (N, 4) float64 ``left, top, right, bottom`` (all 0 for boxes wholly behind the plane).
     """
-    corners = box_corners(boxes)
     projection = np.asarray(projection, dtype=np.float64)
     if projection.shape != (3, 4):
         raise SlidrError(f"projection has shape {projection.shape}, expected (3, 4)")
-    homogeneous = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=-1) @ projection.T
-    depth = np.maximum(homogeneous[..., 2], min_depth)
-    u, v = homogeneous[..., 0] / depth, homogeneous[..., 1] / depth
-    result = np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], axis=1) if len(corners) else np.zeros((0, 4))
-    if image_size is not None:
-        width, height = image_size
-        result[:, [0, 2]] = np.clip(result[:, [0, 2]], 0, width - 1)
-        result[:, [1, 3]] = np.clip(result[:, [1, 3]], 0, height - 1)
-    return result
+    camera_boxes = np.asarray(camera_boxes, dtype=np.float64).reshape(-1, 7)
+    corners = geometry.kitti_camera_corners(camera_boxes[:, :3], camera_boxes[:, [4, 5, 3]], camera_boxes[:, 6])
+    image_hw = None if image_size is None else (image_size[1], image_size[0])
+    return geometry.project_boxes_to_image(corners, projection, image_hw, near).clipped
 
 
 @numba.njit(cache=True)

@@ -41,7 +41,7 @@ import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 import lightning as L
 import numpy as np
@@ -50,7 +50,15 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from slidr.config import ARCHITECTURE_KEYS, UNRECORDED_POINT_FEATURES, BackboneConfig, DownstreamConfig, to_dict, with_changes
+from slidr.config import (
+    ARCHITECTURE_KEYS,
+    UNRECORDED_POINT_FEATURES,
+    BackboneConfig,
+    DetectionConfig,
+    DownstreamConfig,
+    to_dict,
+    with_changes,
+)
 from slidr.data.classes import class_names
 from slidr.engine.checkpoint import check_run_folder, export_backbone, export_pretrained, load_backbone, save_atomic
 from slidr.engine.data import evaluation_loader, ordered_loader, replayable_loader
@@ -73,6 +81,7 @@ from slidr.utils.log import logger
 from slidr.utils.progress import progress
 
 MODEL_NAME = "model.pt"
+RunConfig = TypeVar("RunConfig", DownstreamConfig, DetectionConfig)
 IGNORE_TARGET = -1
 
 
@@ -81,8 +90,8 @@ IGNORE_TARGET = -1
 # --------------------------------------------------------------------------------------------------------------
 
 
-def resolve_backbone(cfg: DownstreamConfig, weights: Optional[str | Path] = None) -> BackboneConfig:
-    """The backbone settings of a downstream run: the config's, with ``name`` / ``in_channels`` left unset taken
+def resolve_backbone(cfg: DownstreamConfig | DetectionConfig, weights: Optional[str | Path] = None) -> BackboneConfig:
+    """The backbone settings of a downstream (or detection) run: the config's, with ``name`` / ``in_channels`` left unset taken
     from the file ``weights`` (its recorded ``backbone``), else :class:`BackboneConfig`'s defaults.
 
     Raises
@@ -107,7 +116,7 @@ def resolve_backbone(cfg: DownstreamConfig, weights: Optional[str | Path] = None
     return BackboneConfig(**{**own, **chosen, "normalize_output": False})
 
 
-def with_resolved_backbone(cfg: DownstreamConfig) -> DownstreamConfig:
+def with_resolved_backbone(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the backbone's ``name`` / ``in_channels`` filled in (:func:`resolve_backbone` of
     ``cfg.pretrained``): what a run saves in its ``config.yaml``."""
     backbone = resolve_backbone(cfg, cfg.pretrained)

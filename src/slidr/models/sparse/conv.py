@@ -28,12 +28,14 @@ class _Workspace(threading.local):
     """
 
     def __init__(self):
-        self.buffers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self.buffers: dict[tuple[str, torch.dtype, bool], torch.Tensor] = {}
 
     def rows(self, slot: str, num_rows: int, num_cols: int, like: torch.Tensor) -> torch.Tensor:
         if like.device.type != "cpu":
             return like.new_empty((num_rows, num_cols))
-        key = (slot, like.dtype)
+        # tensors made under torch.inference_mode cannot be written outside it (and the reverse): one set of
+        # buffers for each, so evaluating (Lightning tests in inference mode) and then training in one process works
+        key = (slot, like.dtype, torch.is_inference_mode_enabled())
         buffer = self.buffers.get(key)
         size = num_rows * num_cols
         if buffer is None or buffer.numel() < size:
