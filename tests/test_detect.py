@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_sparse import one_thread  # noqa: F401 - autouse fixture: one torch thread
 from torch import nn
 
 from slidr.analysis import detection_experiment as experiment
@@ -42,6 +41,7 @@ from slidr.methods.detection import encode_boxes
 from slidr.methods.detection_eval import kitti_ap, read_kitti_objects
 from slidr.models.detection import BevGrid
 from slidr.models.sparse import SparseTensor
+from test_sparse import one_thread  # noqa: F401 - autouse fixture: one torch thread
 
 CLASSES = ["Car", "Pedestrian"]
 # a smaller BEV range than the demo config's (faster); the tiny world's labelled objects are within 60 m

@@ -13,8 +13,8 @@ from torch import nn
 
 import slidr.methods.downstream as downstream
 from slidr.config import DownstreamConfig, load_config, with_changes
-from slidr.errors import SlidrError
 from slidr.engine.trainer import evaluation_trainer
+from slidr.errors import SlidrError
 from slidr.methods.downstream import DownstreamModule, evaluate_confusion, run_downstream, segmentation_loss
 
 NUM_CLASSES = 16  # nuScenes
@@ -59,8 +59,10 @@ def collate(samples: list[dict]) -> dict:
         labels.append(s["labels"])
         voxel_labels.append(s["voxel_labels"])
         offset += len(s["voxel_coords"])
-    return {"voxel_coords": torch.from_numpy(np.concatenate(coords)), "voxel_feats": torch.from_numpy(np.concatenate(feats)),
-            "inverse_map": torch.from_numpy(np.concatenate(inverse)), "labels": torch.from_numpy(np.concatenate(labels)),
+    return {"voxel_coords": torch.from_numpy(np.concatenate(coords)),
+            "voxel_feats": torch.from_numpy(np.concatenate(feats)),
+            "inverse_map": torch.from_numpy(np.concatenate(inverse)),
+            "labels": torch.from_numpy(np.concatenate(labels)),
             "voxel_labels": torch.from_numpy(np.concatenate(voxel_labels)), "batch_size": len(samples)}
 
 

@@ -9,9 +9,9 @@ import torch
 from slidr.config import PretrainConfig, load_config
 from slidr.data.datasets import collate_pretrain
 from slidr.data.voxelize import point_features, voxelize
+from slidr.errors import SlidrError
 from slidr.methods.image_to_lidar import ImageToLidarModule
 from slidr.methods.pretrain import build_module
-from slidr.errors import SlidrError
 
 HEIGHT, WIDTH, CAMERAS = 32, 48, 2
 

@@ -18,14 +18,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from slidr.config import load_config, PretrainConfig
-from slidr.errors import SlidrError
-from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint
-from slidr.engine.checkpoint import load_export
+from slidr.config import PretrainConfig, load_config
+from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint, load_export
 from slidr.engine.data import EpochSampler, ShardSampler
 from slidr.engine.distributed import gather_with_grad
 from slidr.engine.module import PretrainModule
 from slidr.engine.optim import CosineSchedule
+from slidr.errors import SlidrError
 from slidr.methods.pretrain import run_pretraining
 
 

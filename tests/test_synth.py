@@ -11,8 +11,13 @@ from PIL import Image
 
 from conftest import TINY_WORLD
 from slidr.cli.main import main
-from slidr.data.classes import (NUSCENES_CATEGORIES, NUSCENES_CLASSES, NUSCENES_LEARNING_MAP,
-                                SEMANTICKITTI_RAW_LABELS, map_semantickitti_labels)
+from slidr.data.classes import (
+    NUSCENES_CATEGORIES,
+    NUSCENES_CLASSES,
+    NUSCENES_LEARNING_MAP,
+    SEMANTICKITTI_RAW_LABELS,
+    map_semantickitti_labels,
+)
 from slidr.data.synth import generate_world, nuscenes_writer
 from slidr.data.synth.generate import lidar_scan, scene_world
 from slidr.data.synth.raycast import cast_rays

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         "passed": all(entry["status"] == "ok" for entry in benches.values()),
         "device": str(device), "tiny": cfg.tiny, "budget_s": cfg.budget_s,
         "wall_s": round(time.monotonic() - start, 1),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "environment": environment, "spconv": spconv, "data": data, "benches": benches,
         "skipped": [f"{key}: {entry['reason']}" for key, entry in benches.items() if entry["status"] == "skipped"]
         + ([] if spconv["usable"] else [f"the spconv side of sparse and step: {spconv['status']}"]),

@@ -1,4 +1,5 @@
-"""``slidr similarity``: the seed's Figures 4 and 5, similarity of a query point's 3D feature with 2D and 3D features."""
+"""``slidr similarity``: the seed's Figures 4 and 5, similarity of a query point's 3D feature with 2D and 3D
+features."""
 
 from __future__ import annotations
 

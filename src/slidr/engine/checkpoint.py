@@ -34,7 +34,6 @@ from slidr.config import (
     VoxelConfig,
     dump_config,
     exported_pretrain_config,
-    from_dict,
     save_config,
     to_dict,
 )

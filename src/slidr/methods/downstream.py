@@ -91,8 +91,8 @@ IGNORE_TARGET = -1
 
 
 def resolve_backbone(cfg: DownstreamConfig | DetectionConfig, weights: Optional[str | Path] = None) -> BackboneConfig:
-    """The backbone settings of a downstream (or detection) run: the config's, with ``name`` / ``in_channels`` left unset taken
-    from the file ``weights`` (its recorded ``backbone``), else :class:`BackboneConfig`'s defaults.
+    """The backbone settings of a downstream (or detection) run: the config's, with ``name`` / ``in_channels``
+    left unset taken from the file ``weights`` (its recorded ``backbone``), else :class:`BackboneConfig`'s defaults.
 
     Raises
     ------

@@ -19,8 +19,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slidr.data.boxes import (KittiLabels, box_corners, kitti_camera_corners, lidar_to_kitti_camera,
-                              lidar_to_nuscenes, observation_angle, project_boxes_to_image, transform_boxes)
+from slidr.data.boxes import (
+    KittiLabels,
+    box_corners,
+    kitti_camera_corners,
+    lidar_to_kitti_camera,
+    lidar_to_nuscenes,
+    observation_angle,
+    project_boxes_to_image,
+    transform_boxes,
+)
 from slidr.data.classes import NUSCENES_CATEGORIES
 from slidr.data.synth.raycast import hits_of_groups
 from slidr.data.synth.sensors import Sensor

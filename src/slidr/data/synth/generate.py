@@ -29,12 +29,20 @@ import numpy as np
 from slidr.config import NUSCENES_CAMERAS
 from slidr.data.classes import NUSCENES_CLASSES, NUSCENES_LEARNING_MAP
 from slidr.data.io import SYNTH_SUMMARY_FILE as SUMMARY_FILE
+from slidr.data.projection import project_points
 from slidr.data.synth import annotate, kitti_object_writer, kitti_writer, nuscenes_writer
 from slidr.data.synth.raycast import cast_rays
 from slidr.data.synth.render import lidar_returns, render_image
-from slidr.data.projection import project_points
-from slidr.data.synth.sensors import (LIDAR_CHANNEL, LidarSpec, Sensor, build_rig, camera_rays, ego_pose,
-                                      lidar_rays, matrix_to_quaternion)
+from slidr.data.synth.sensors import (
+    LIDAR_CHANNEL,
+    LidarSpec,
+    Sensor,
+    build_rig,
+    camera_rays,
+    ego_pose,
+    lidar_rays,
+    matrix_to_quaternion,
+)
 from slidr.data.synth.world import KITTI_OUTLIER, SceneConditions, World, build_world, plan_scenes
 from slidr.errors import SlidrError, UsageError
 from slidr.utils.io import write_error, write_json

@@ -89,7 +89,7 @@ class SceneConditions:
 def _timestamp_date(timestamp_us: int) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(timestamp_us / 1e6, tz=datetime.timezone.utc).strftime("%Y-%m-%d")
+    return datetime.datetime.fromtimestamp(timestamp_us / 1e6, tz=datetime.UTC).strftime("%Y-%m-%d")
 
 
 def plan_scenes(num_scenes: int, seed: int) -> list[SceneConditions]:

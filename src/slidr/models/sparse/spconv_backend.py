@@ -20,7 +20,7 @@ from torch import nn
 
 from slidr.config import ConfigError
 from slidr.errors import SlidrError
-from slidr.models.sparse.conv import ConvTranspose3dUp, Conv3dDown, SubmanifoldConv3d, _SparseConvBase
+from slidr.models.sparse.conv import Conv3dDown, ConvTranspose3dUp, SubmanifoldConv3d, _SparseConvBase
 from slidr.models.sparse.tensor import SparseTensor
 
 # Stride-2 levels stay aligned with spconv's grid when the origin shift and the grid size are multiples of this.
