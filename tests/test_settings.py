@@ -29,7 +29,7 @@ from slidr.config import (
 )
 
 # every command (and benchmark) with settings: its argv prefix and values for its required options
-REQUIRED = {"index": "data/index.json", "sample": "0", "pretrained": "runs/p/pretrained.pt", "dataroot": "data/ns",
+REQUIRED = {"index": "data/index.npz", "sample": "0", "pretrained": "runs/p/pretrained.pt", "dataroot": "data/ns",
             "root": "data/kitti"}
 
 
