@@ -108,12 +108,13 @@ def run(args: argparse.Namespace) -> BenchResult:
     rows = [{"stage": stage.removesuffix("_ms"), "ms": round(ours[stage], 1),
              "share": f"{100 * ours[stage] / ours['step_ms']:.0f}%"} for stage in STAGES]
     rows.append({"stage": "total", "ms": round(ours["step_ms"], 1), "share": "100%"})
-    data = {**{key: round(value, 2) for key, value in ours.items()}, "batch_size": size, "method": cfg.method,
-            "backbone": cfg.backbone.name, "backend": cfg.backbone.backend, "image_encoder": cfg.image.encoder,
-            "device": str(device), "image_size": cfg.data.image_size,
-            "voxels_per_batch": statistics.median(r["voxels"] for r in records[backends[0]]),
-            "pairs_per_batch": statistics.median(r["pairs"] for r in records[backends[0]]),
-            "steps": records[backends[0]]}
+    data: dict[str, Any] = {
+        **{key: round(value, 2) for key, value in ours.items()}, "batch_size": size, "method": cfg.method,
+        "backbone": cfg.backbone.name, "backend": cfg.backbone.backend, "image_encoder": cfg.image.encoder,
+        "device": str(device), "image_size": cfg.data.image_size,
+        "voxels_per_batch": statistics.median(r["voxels"] for r in records[backends[0]]),
+        "pairs_per_batch": statistics.median(r["pairs"] for r in records[backends[0]]),
+        "steps": records[backends[0]]}
     memory_kind = "GPU memory held by tensors" if device.type == "cuda" else "process resident set"
     notes = [f"{cfg.method}, {cfg.backbone.name} ({cfg.backbone.backend}), {cfg.image.encoder}, batch {size}, "
              f"{device}; medians over {args.steps} steps",

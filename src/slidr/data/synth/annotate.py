@@ -141,7 +141,7 @@ def camera_objects(world: World, objects: SceneObjects, camera: Sensor, camera_t
     height, width = camera.height, camera.width
     street_to_camera = np.linalg.inv(camera_to_street)
     corners = box_corners(objects.boxes) @ street_to_camera[:3, :3].T + street_to_camera[:3, 3]
-    projection = np.hstack([camera.intrinsic, np.zeros((3, 1))])
+    projection = np.hstack([camera.camera_matrix, np.zeros((3, 1))])
     image_boxes = project_boxes_to_image(corners, projection, (height, width))
     if not image_boxes.valid.any():
         return CameraObjects(visible, silhouette, image_boxes.valid)
