@@ -301,3 +301,18 @@ def test_a_new_method_is_one_module_trained_by_the_runner(tmp_path):
     assert not torch.equal(exported["model_points"]["weight"], initial.weight.detach())
     with pytest.raises(SlidrError, match="'centroid_regression' is not one of"):  # gone once unregistered
         _config(method="centroid_regression")
+
+
+def test_a_planned_step_budget_becomes_the_trainers(tmp_path):
+    """A method's ``planned_steps`` (PointContrast's ``pairs.equivalent_epochs``) sets the trainer's step budget and
+    lifts the epoch limit (the budget is the epoch loop's: ``fit_loop.max_steps`` cannot be assigned)."""
+    from slidr.engine.trainer import pretraining_trainer
+
+    class Planned:
+        cfg = _config()
+
+        def planned_steps(self, world_size: int) -> int:
+            return 3 * world_size
+
+    trainer = pretraining_trainer(Planned(), tmp_path, enable_progress_bar=False)
+    assert trainer.max_steps == 3 and trainer.fit_loop.max_steps == 3 and trainer.max_epochs == -1
