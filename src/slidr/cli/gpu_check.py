@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, cast
 
 from slidr.cli.settings import CommandSettings, Flag
 from slidr.config import ConfigBase, ConfigError, at_least, positive, setting, subkey
@@ -283,7 +283,7 @@ def check_spconv(device: Any) -> dict[str, Any]:
             out = network(SparseTensor(coords, feats)).feats
             out.square().sum().backward()
             outputs.append(out.detach())
-            grads.append(torch.cat([p.grad.flatten() for p in network.parameters()]))
+            grads.append(torch.cat([cast(torch.Tensor, p.grad).flatten() for p in network.parameters()]))  # backward
         error = max(((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
                     for a, b in ((outputs[0], outputs[1]), (grads[0], grads[1])))
         info["max_rel_err"] = error

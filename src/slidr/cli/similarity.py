@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg: SimilarityConfig = args.settings
     result = similarity_figure(cfg.pretrained, args.out, index=cfg.index, sample=cfg.sample, camera=cfg.camera,
-                               query_index=cfg.point, query_pixel=tuple(cfg.pixel) if cfg.pixel else None,
+                               query_index=cfg.point, query_pixel=(cfg.pixel[0], cfg.pixel[1]) if cfg.pixel else None,
                                query_class=cfg.query_class, seed=cfg.seed)
     print(json.dumps(result, indent=2))
     return 0

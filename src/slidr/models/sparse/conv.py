@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -228,7 +229,7 @@ class _SparseConvBase(nn.Module):
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         # Set by slidr.models.sparse.use_backend; None = the plain PyTorch engine.
-        self.backend_impl = None
+        self.backend_impl: Optional[Callable[[_SparseConvBase, SparseTensor], SparseTensor]] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
