@@ -209,6 +209,7 @@ def test_real_kitti_frames_keep_their_points_in_their_boxes(realdata, tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # The module
 # --------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_step_loss_falls_and_learning_rates_are_separate(tiny_kitti_object_index):
     cfg = demo_config(tiny_kitti_object_index, "optim.lr_head=0.01")
     torch.manual_seed(0)
@@ -397,6 +398,7 @@ def test_detect_pictures_are_written(detect_run):
     assert green > 100
 
 
+@pytest.mark.slow
 def test_detect_table_smoke(tiny_kitti_object_index, tmp_path):
     cfg = demo_config(tiny_kitti_object_index)
     backbone, _ = build_detection_model(cfg)

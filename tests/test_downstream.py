@@ -143,6 +143,7 @@ def _brute_force_confusion(model: nn.Module, scans: list[dict]) -> torch.Tensor:
     return torch.from_numpy(counts)
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_process_evaluation_equals_one_process_and_brute_force(tiny_world):
     """The test loop of 2 gloo processes (scans split 3 / 2, batches of 2) sums to the 1-process confusion matrix."""
     cfg, factory = tiny_world
@@ -353,6 +354,7 @@ def stub_network(monkeypatch):
     monkeypatch.setattr(downstream, "build_segmentation_model", build)
 
 
+@pytest.mark.slow
 def test_every_downstream_run_trains_on_the_scans_its_config_names(tiny_index, tmp_path, stub_network):
     from slidr.data.index import load_index
     from slidr.methods.downstream import tokens_digest

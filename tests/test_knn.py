@@ -76,6 +76,7 @@ def test_render_frames_and_gif(tmp_path):
         assert animation.n_frames == 2
 
 
+@pytest.mark.slow
 def test_knn_sequence_on_tiny_world(tiny_nuscenes_world, tmp_path):
     import json
 

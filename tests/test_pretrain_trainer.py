@@ -217,6 +217,7 @@ class SaveRankWeights(L.Callback):
                     "offset": offset, "grad": local.grad}, self.out_dir / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_process_cpu_ddp_ends_with_identical_weights(tmp_path):
     """Two gloo processes on different halves of the data: gradients are averaged, so weights stay equal."""
     cfg = _config(**{"trainer.epochs": 2, "trainer.devices": 2, "trainer.strategy": "ddp_spawn",

@@ -101,6 +101,7 @@ def test_every_camera_of_every_sample_gets_points(nusc):
     assert summary["pairs_per_camera"] == pytest.approx(np.mean(counts), abs=1.0)
 
 
+@pytest.mark.slow
 def test_projected_lidar_labels_match_semantic_maps(nusc, tiny_nuscenes_world):
     """Independent projection (devkit chain with pyquaternion); occlusion decided by a ray from the camera."""
     conditions = plan_scenes(TINY_WORLD["scenes"], TINY_WORLD["seed"])
