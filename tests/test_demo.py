@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from slidr.errors import SlidrError
-
 import slidr.demo as demo
 from slidr.config import DemoConfig, load_config
-from slidr.methods.metrics import summarize
 from slidr.data.classes import NUSCENES_CLASSES
+from slidr.errors import SlidrError
+from slidr.methods.metrics import summarize
 
 
 def test_demo_writes_results_json_and_table(tmp_path, monkeypatch, capsys):

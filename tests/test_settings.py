@@ -13,12 +13,23 @@ import yaml
 from slidr.cli.bench import bench_modules
 from slidr.cli.main import build_parser, command_modules, main, overrides_first
 from slidr.cli.settings import CommandSettings, config_classes, field_of
-from slidr.config import (ConfigError, DemoConfig, DownstreamConfig, PretrainConfig, SuperpixelConfig,
-                          SuperpixelJobConfig, load_config, packaged_config_class, packaged_configs,
-                          resolve_config_path, save_config, with_changes)
+from slidr.config import (
+    ConfigError,
+    DemoConfig,
+    DownstreamConfig,
+    PretrainConfig,
+    SuperpixelConfig,
+    SuperpixelJobConfig,
+    load_config,
+    packaged_config_class,
+    packaged_configs,
+    resolve_config_path,
+    save_config,
+    with_changes,
+)
 
 # every command (and benchmark) with settings: its argv prefix and values for its required options
-REQUIRED = {"index": "data/index.json", "sample": "0", "pretrained": "runs/p/pretrained.pt", "dataroot": "data/ns",
+REQUIRED = {"index": "data/index.npz", "sample": "0", "pretrained": "runs/p/pretrained.pt", "dataroot": "data/ns",
             "root": "data/kitti"}
 
 
