@@ -476,6 +476,10 @@ def test_learning_rate_search_never_scores_on_val(tmp_path):
     answer = experiment.search_learning_rates(base, [0.001, 0.003, 0.01], tmp_path, run=run)
     assert answer["best"] == 0.003 and seen[0] == ("parametrizing", "verifying", 0.001)
     assert "0.003 (best)" in (tmp_path / "lr_search.md").read_text()
+    # every candidate at 0 mAP (too short to detect anything): no best, and the report says so
+    tie = experiment.search_learning_rates(base, [0.001, 0.003], tmp_path / "tie",
+                                           run=lambda cfg, *a, **k: fake_summary(cfg, 0.0))
+    assert tie["best"] is None and "No best" in (tmp_path / "tie" / "lr_search.md").read_text()
     with pytest.raises(ConfigError, match="never on val"):
         experiment.search_learning_rates(base, [0.001], tmp_path, val_split="val", run=run)
 
