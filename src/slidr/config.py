@@ -993,6 +993,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         raise _attributed(error, parsed, resolved) from None
 
 
+def with_overrides(config: T, overrides: typing.Sequence[str | Override]) -> T:
+    """``config`` with dotted ``KEY=VALUE`` overrides applied as on the command line (text read by the setting's
+    type, a partial section laid over ``config``'s), validated; errors name the key and the override."""
+    if not overrides:
+        return config
+    parsed = [_parse_override(item) if isinstance(item, str) else item for item in overrides]
+    cls = type(config)
+    try:
+        return from_dict(cls, _apply_overrides(cls, to_dict(config), parsed), where="")
+    except ConfigError as error:
+        raise _attributed(error, parsed, None) from None
+
+
 def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
     """Return a copy of ``data`` with each ``a.b.c=value`` set (value parsed as YAML)."""
     data = _deep_copy(data)
