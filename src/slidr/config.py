@@ -729,8 +729,6 @@ class AblationConfig(ConfigBase):
 
     def validate(self, where: str) -> None:
         positive(self.workers, subkey(where, "workers"))
-        if not self.cells:
-            raise ConfigError(f"{subkey(where, 'cells')} must name at least one cell", key=subkey(where, "cells"))
 
 
 # --- settings of the data-preparation and analysis commands ------------------------------------------------------

@@ -71,6 +71,9 @@ def select_cells(cfg: AblationConfig, names: Optional[Sequence[str]]) -> list[st
     ConfigError
         A name is not a cell of ``cfg``.
     """
+    if not cfg.cells:
+        raise ConfigError("the ablation config defines no cells (cells: {name: {axes: [...], overrides: [...]}})",
+                          key="cells")
     if not names:
         return list(cfg.cells)
     unknown = [name for name in names if name not in cfg.cells]
