@@ -133,11 +133,19 @@ def test_reproduce_dry_run_lists_runs_and_needs_its_data(tmp_path, capsys):
     assert any("table1_slidr/finetune_semantickitti_1pct seed 2: downstream/finetune_semantickitti.yaml" in line
                and "100 epochs" in line for line in lines)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    assert main(["reproduce", "table1", "--out", str(tmp_path / "r"), "--dry-run", "--rows", "table1_slidr"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 + 3 * 3 and all("table1_slidr" in line for line in lines[1:])
     code = main(["reproduce", "table1", "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--dataroot DIR is required" in err[0]
+    code = main(["reproduce", "table1", "--out", str(tmp_path / "r2"), "--smoke", "--rows", "table1_slidr", "nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "'nope' not a row of table1" in err[0]
+    assert not (tmp_path / "r2").exists() or not any((tmp_path / "r2").iterdir())
 
 
+@pytest.mark.slow
 def test_ablate_smoke_writes_the_table_and_resumes(tiny_nuscenes_world, tmp_path, capsys):
     import shutil
 

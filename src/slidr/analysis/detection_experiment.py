@@ -29,8 +29,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from slidr.config import ConfigError, DetectionConfig, with_changes
 from slidr.analysis.runner import Cell, cell_state, measured_text, run_cells, statistics, write_table_files
+from slidr.config import ConfigError, DetectionConfig, with_changes
 from slidr.errors import SlidrError
 from slidr.utils.io import atomic_path, atomic_write_text, write_json
 

@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of everything: indexes/, pretrain/, runs/, the table files")
     parser.add_argument("--seeds", type=count(1), default=3,
                         help="downstream runs per cell, seeds 0..N-1 (default: 3); each pretraining runs once")
+    parser.add_argument("--rows", nargs="+", metavar="ROW",
+                        help="only these rows (cell families, e.g. table1_slidr; default: all of the table)")
     parser.add_argument("--workers", type=count(1), default=2, help="processes computing superpixels (default: 2)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their configs, run nothing")
     parser.add_argument("--smoke", action="store_true",
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     roots = {"nuscenes": args.dataroot, "semantickitti": args.semantickitti, "kitti_object": args.kitti_object}
     result = reproduce(args.table, args.out, roots, range(args.seeds), smoke=args.smoke, dry_run=args.dry_run,
-                       workers=args.workers, version=args.version)
+                       workers=args.workers, version=args.version, rows=args.rows)
     if args.dry_run:
         print(result["plan"], end="")
         return 0
