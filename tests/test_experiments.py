@@ -181,3 +181,13 @@ def test_reproduce_table1_smoke(tmp_path):
     assert table["cells"]["table1_slidr"]["probe_nuscenes"]["paper"] == 38.8
     assert all(cell["mean"] is not None for row in table["cells"].values() for cell in row.values())
     assert "| SLidR |" in (out / "table1.md").read_text() and (out / "table1.png").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_detection_smoke(tmp_path):
+    out = tmp_path / "detection"
+    assert main(["reproduce", "detection", "--out", str(out), "--smoke", "--seeds", "1"]) == 0
+    table = json.loads((out / "detection" / "detection_table.json").read_text())
+    assert table["pretrainings"] == ["random", "ppkt", "slidr"] and table["paper"]["slidr"]["10%"] == 61.4
+    assert (out / "detection" / "detection_table.png").is_file()
+    assert len(list((out / "pretrain").iterdir())) == 2  # PPKT and SLidR, as in Table 1

@@ -396,8 +396,13 @@ def _reproduce_detection(indexes: Mapping[str, Path], out: Path, seeds: Sequence
     from slidr.analysis.detection_experiment import FRACTIONS, run_detection_table
 
     pretrained: dict[str, Optional[str]] = {"random": None}
-    for row, run in _detection_pretrainings(indexes["nuscenes"], out, smoke).items():
+    pretrainings = _detection_pretrainings(indexes["nuscenes"], out, smoke)
+    for row, run in pretrainings.items():
         logger.info("reproduce detection: pretraining %s (%s)", row, run.folder)
         pretrained[row] = str(ensure_pretrained(run, indexes["nuscenes"], workers))
-    return run_detection_table(_detection_base(indexes["kitti_object"], smoke), pretrained, out / "detection",
-                               fractions=FRACTIONS, seeds=seeds)
+    # every row, the random init included, feeds the input features the pretrainings were trained on
+    features = {run.cfg.data.point_features for run in pretrainings.values()}
+    if len(features) != 1:
+        raise ConfigError(f"the detection table's pretrainings use different input features: {sorted(features)}")
+    base = with_changes(_detection_base(indexes["kitti_object"], smoke), {"data.point_features": features.pop()})
+    return run_detection_table(base, pretrained, out / "detection", fractions=FRACTIONS, seeds=seeds)
