@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from slidr.analysis import runner
 from slidr.cli.main import main
@@ -136,6 +137,11 @@ def test_reproduce_dry_run_lists_runs_and_needs_its_data(tmp_path, capsys):
     assert main(["reproduce", "table1", "--out", str(tmp_path / "r"), "--dry-run", "--rows", "table1_slidr"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 + 3 * 3 and all("table1_slidr" in line for line in lines[1:])
+    assert main(["reproduce", "table1", "--out", str(tmp_path / "r"), "--print-config", "--rows", "table1_slidr"]) == 0
+    documents = [yaml.safe_load(part) for part in capsys.readouterr().out.split("---\n")]
+    assert len(documents) == 1 + 3  # the pretraining, then one per column
+    assert documents[0]["trainer"]["batch_size"] == 4 and documents[0]["data"]["train_split"] == "parametrizing"
+    assert documents[2]["trainer"]["epochs"] == 100 and documents[2]["pretrained"].endswith("pretrained.pt")
     code = main(["reproduce", "table1", "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--dataroot DIR is required" in err[0]

@@ -329,12 +329,27 @@ def dry_run_text(table: str, runs: Sequence[DownstreamRun]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def configs_text(runs: Sequence[DownstreamRun]) -> str:
+    """The fully resolved config of every pretraining and of every downstream run (first seed), as YAML documents
+    headed by a comment naming the run (``slidr reproduce --print-config``)."""
+    parts = []
+    pretrainings = {run.pretrain.folder: run.pretrain for run in runs if run.pretrain is not None}
+    for pretraining in pretrainings.values():
+        parts.append(f"# pretraining {pretraining.folder.name}: {pretraining.source} "
+                     f"{' '.join(pretraining.overrides)}\n{dump_config(pretraining.cfg)}")
+    for run in runs:
+        if run.seed == min(r.seed for r in runs):
+            parts.append(f"# {run.family}/{run.column} (seed {run.seed}; other seeds differ by trainer.seed): "
+                         f"{run.source} {' '.join(run.overrides)}\n{dump_config(run.cfg)}")
+    return "---\n".join(parts)
+
+
 def reproduce(table: str, out: str | Path, roots: Mapping[str, Optional[str]], seeds: Sequence[int],
               smoke: bool = False, dry_run: bool = False, workers: int = 2, version: str = "v1.0-trainval",
-              rows: Optional[Sequence[str]] = None) -> dict:
+              rows: Optional[Sequence[str]] = None, print_config: bool = False) -> dict:
     """Run (or read back) every cell of ``table`` (of its ``rows`` only, when given) and write
     ``OUT/TABLE.{md,json,png}``; returns the table's JSON content (``dry_run``: ``{"plan": text}``, nothing run,
-    nothing written)."""
+    nothing written; ``print_config``: ``{"plan": the resolved configs}``)."""
     out = Path(out)
     if table not in TABLES:
         raise ConfigError(f"unknown table {table!r}; the tables are {', '.join(TABLES)}")
@@ -343,8 +358,10 @@ def reproduce(table: str, out: str | Path, roots: Mapping[str, Optional[str]], s
     if table != "detection":
         paper_families(table, rows)  # unknown rows: one line before any work
     datasets = datasets_of(table)
-    if dry_run:
+    if dry_run or print_config:
         indexes = {dataset: out / "indexes" / dataset / "index.npz" for dataset in datasets}
+        if print_config and table != "detection":
+            return {"plan": configs_text(plan(table, indexes, out, seeds, smoke, rows))}
         if table == "detection":
             return {"plan": _detection_dry_run(indexes, out, seeds, smoke)}
         return {"plan": dry_run_text(table, plan(table, indexes, out, seeds, smoke, rows))}

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these rows (cell families, e.g. table1_slidr; default: all of the table)")
     parser.add_argument("--workers", type=count(1), default=2, help="processes computing superpixels (default: 2)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their configs, run nothing")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config of every run as YAML (detection: the runs), run nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="shrink every run to a few steps of a small network; datasets not given become tiny "
                              "synthetic worlds in OUT/world/: checks the whole chain, the numbers mean nothing")
@@ -40,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     roots = {"nuscenes": args.dataroot, "semantickitti": args.semantickitti, "kitti_object": args.kitti_object}
     result = reproduce(args.table, args.out, roots, range(args.seeds), smoke=args.smoke, dry_run=args.dry_run,
-                       workers=args.workers, version=args.version, rows=args.rows)
-    if args.dry_run:
+                       workers=args.workers, version=args.version, rows=args.rows, print_config=args.print_config)
+    if args.dry_run or args.print_config:
         print(result["plan"], end="")
         return 0
     stem = "detection/detection_table" if args.table == "detection" else args.table
