@@ -48,7 +48,7 @@ def test_non_editable_install_runs_the_demo_and_resolves_every_packaged_config(t
     assert install.returncode == 0, install.stdout + install.stderr
     assert not (target / "slidr" / "configs").is_symlink()
     packaged = sorted(p.name for p in (target / "slidr" / "configs").iterdir())
-    assert packaged == ["demo", "detection", "downstream", "pretrain"]
+    assert packaged == ["ablation", "demo", "detection", "downstream", "paper", "pretrain"]
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

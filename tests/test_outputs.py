@@ -77,13 +77,15 @@ COMMANDS = {
     "synth": (["synth"], "--out", "folder"),
     "demo": (["demo"], "--out", "folder"),
     "bench": (["bench", "synth"], "--json", "file"),
+    "ablate": (["ablate", "--world", "w"], "--out", "folder"),
+    "reproduce": (["reproduce", "table1", "--dataroot", "d"], "--out", "folder"),
 }
 
 
 def test_every_writing_command_declares_its_outputs():
     declared = {module.NAME for module in command_modules() if getattr(module, "OUTPUTS", None)}
     assert declared == {"pretrain", "probe", "finetune", "prepare", "evaluate", "report", "knn", "similarity",
-                        "superpixels", "inspect", "synth", "demo", "bench"}
+                        "superpixels", "inspect", "synth", "demo", "bench", "ablate", "reproduce"}
     assert {argv[0] for argv, _, _ in COMMANDS.values()} == declared
 
 

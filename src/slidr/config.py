@@ -664,6 +664,73 @@ class DemoConfig(ConfigBase):
                               key=subkey(where, "pretrain"))
 
 
+# --- experiment tables: the paper's cell families (configs/paper/) and the synthetic ablations (configs/ablation/) ---
+
+
+@dataclass(frozen=True)
+class PaperColumnConfig(ConfigBase):
+    """One downstream run of a paper table's row: its config and the paper's number."""
+
+    label: str = setting(help="column heading, as in the paper")
+    downstream: str = setting(help="downstream config (packaged name or path), e.g. downstream/probe_nuscenes.yaml")
+    overrides: list[str] = setting(factory=list, help="dotted overrides of the downstream config")
+    paper: Optional[float] = setting(None, help="the paper's mIoU for this cell (null: not published)")
+
+
+@dataclass(frozen=True)
+class PaperCellsConfig(ConfigBase):
+    """``configs/paper/*.yaml``: one cell family of a paper table, a row: the pretraining it needs (``pretrain``,
+    null = random initialisation) and its downstream runs (``columns``), each with the paper's number.
+
+    ``slidr reproduce TABLE`` runs every family whose ``tables`` names TABLE.
+    """
+
+    tables: list[str] = setting(help="the tables this family is a row of: table1, table6, efficiency")
+    label: str = setting(help="row heading, as in the paper")
+    columns: dict[str, PaperColumnConfig] = setting(help="column key -> downstream run")
+    pretrain: Optional[str] = setting(None, help="pretraining config (packaged name or path); null = random init")
+    pretrain_overrides: list[str] = setting(factory=list, help="dotted overrides of the pretraining config")
+    order: int = setting(0, help="row position in its tables (ascending)")
+    source: str = setting("", help="where the paper's numbers come from")
+
+    def validate(self, where: str) -> None:
+        if not self.columns:
+            raise ConfigError(f"{subkey(where, 'columns')} must name at least one downstream run",
+                              key=subkey(where, "columns"))
+        if not self.tables:
+            raise ConfigError(f"{subkey(where, 'tables')} must name at least one table", key=subkey(where, "tables"))
+
+
+@dataclass(frozen=True)
+class AblationCellConfig(ConfigBase):
+    """One cell of ``slidr ablate``: overrides of the base pretraining config (or no pretraining at all)."""
+
+    axes: list[str] = setting(help="the table sections this cell is a row of: teacher, superpixels, method")
+    overrides: list[str] = setting(factory=list, help="dotted overrides of the base pretraining config")
+    random_init: bool = setting(False, help="no pretraining: probe a randomly initialised network")
+    label: Optional[str] = setting(None, help="row heading (default: the cell's name)")
+    published: Optional[float] = setting(
+        None, help="the method's published linear-probing mIoU on nuScenes (shown for reference, not comparable)")
+    published_source: str = setting("", help="where the published number comes from")
+
+
+@dataclass(frozen=True)
+class AblationConfig(ConfigBase):
+    """``slidr ablate``: the paper's ablations at demo scale on a synthetic world (packaged
+    ``ablation/demo_cpu.yaml``): every cell is ``pretrain`` with the cell's overrides, then ``probe``."""
+
+    pretrain: PretrainConfig = field(default_factory=lambda: load_config(PretrainConfig, "pretrain/demo_cpu.yaml"))
+    probe: DownstreamConfig = field(
+        default_factory=lambda: load_config(DownstreamConfig, "downstream/probe_demo_cpu.yaml"))
+    train_split: str = "train"  # pretraining and probe training; nothing is chosen on eval_split
+    eval_split: str = "val"
+    workers: int = 2  # superpixel computation
+    cells: dict[str, AblationCellConfig] = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        positive(self.workers, subkey(where, "workers"))
+
+
 # --- settings of the data-preparation and analysis commands ------------------------------------------------------
 
 
@@ -816,7 +883,8 @@ class SimilarityConfig(ConfigBase):
 # --------------------------------------------------------------------------------------------------------------
 
 CONFIG_GROUPS: dict[str, type] = {"pretrain": PretrainConfig, "downstream": DownstreamConfig, "demo": DemoConfig,
-                                  "detection": DetectionConfig}
+                                  "detection": DetectionConfig, "paper": PaperCellsConfig,
+                                  "ablation": AblationConfig}
 
 
 def packaged_config_dir() -> Path:
@@ -921,6 +989,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         return from_dict(cls, data, where="")
     except ConfigError as error:
         raise _attributed(error, parsed, resolved) from None
+
+
+def with_overrides(config: T, overrides: typing.Sequence[str | Override]) -> T:
+    """``config`` with dotted ``KEY=VALUE`` overrides applied as on the command line (text read by the setting's
+    type, a partial section laid over ``config``'s), validated; errors name the key and the override."""
+    if not overrides:
+        return config
+    parsed = [_parse_override(item) if isinstance(item, str) else item for item in overrides]
+    cls = type(config)
+    try:
+        return from_dict(cls, _apply_overrides(cls, to_dict(config), parsed), where="")
+    except ConfigError as error:
+        raise _attributed(error, parsed, None) from None
 
 
 def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:

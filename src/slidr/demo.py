@@ -15,14 +15,13 @@ runs), so an interrupted demo resumes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from slidr.config import DemoConfig, DownstreamConfig, PretrainConfig, load_config, to_dict, with_changes
-from slidr.errors import ConfigError, SlidrError
+from slidr.errors import SlidrError
 from slidr.utils.io import write_json
 from slidr.utils.log import logger
 
@@ -30,6 +29,7 @@ DEFAULT_CONFIG = "demo/demo.yaml"  # a packaged config
 PROBE_RUNS = ("slidr", "ppkt", "random")
 DISPLAY_NAMES = {"slidr": "SLidR", "ppkt": "PPKT†", "random": "Random init."}
 STAGES = 6
+EARLIER_RUN = "an interrupted run of an earlier demo"  # how an interrupted run found in the output folder is named
 
 
 def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any]:
@@ -174,65 +174,24 @@ def _check_world_matches(cfg: DemoConfig, summary: dict, path: Path) -> None:
 
 
 def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[str, Any]:
-    """The superpixels the pretraining configs need (resumable: finished images are skipped)."""
-    from slidr.data.index import load_index
-    from slidr.data.superpixels import compute_index_superpixels, image_jobs, legacy_layout_is_unique, superpixel_dir
+    """The superpixels the pretraining configs need (:func:`slidr.analysis.runner.compute_superpixels`)."""
+    from slidr.analysis.runner import compute_superpixels as compute
 
-    index = load_index(index_path)
-    reports = {}
-    for pretrain_cfg in pretrain_cfgs:
-        sp = pretrain_cfg.data.superpixels
-        if sp.method == "none" or not pretrain_cfg.loss.use_superpixels:
-            continue
-        folder = superpixel_dir(index_path, sp.method, sp.n_segments, sp.root)
-        if folder.name in reports:
-            continue
-        jobs = image_jobs(index.samples, index.root, pretrain_cfg.data.cameras)
-        reports[folder.name] = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, workers,
-                                                         convert_legacy=legacy_layout_is_unique(index.format))
-    return {name: {key: report.get(key) for key in ("images", "computed", "segments_min", "segments_median",
-                                                    "segments_max")} for name, report in reports.items()}
+    return compute(index_path, pretrain_cfgs, workers)
 
 
 def pretrain(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict]:
     """Pretrain into ``run_dir`` unless it already holds the exported file; returns it and the run's summary."""
-    from slidr.engine.checkpoint import CHECKPOINT_DIR, EXPORT_NAME, latest_checkpoint
-    from slidr.methods.pretrain import run_pretraining
+    from slidr.analysis.runner import pretrain as run_pretrain
 
-    exported, summary_path = run_dir / EXPORT_NAME, run_dir / "summary.json"
-    if exported.is_file() and summary_path.is_file():
-        logger.info("reusing %s", exported)
-    else:
-        with _reused_run(run_dir):
-            run_pretraining(cfg, run_dir, resume=latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None)
-    return exported, json.loads(summary_path.read_text())
+    return run_pretrain(cfg, run_dir, what=EARLIER_RUN)
 
 
 def probe(cfg: DownstreamConfig, run_dir: Path) -> dict:
     """Linear probing into ``run_dir`` unless it already holds an evaluation; returns the evaluation."""
-    from slidr.engine.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-    from slidr.methods.downstream import run_downstream
+    from slidr.analysis.runner import downstream
 
-    evaluation_path = run_dir / "evaluation.json"
-    if evaluation_path.is_file() and (run_dir / "summary.json").is_file():
-        logger.info("reusing %s", evaluation_path)
-        return json.loads(evaluation_path.read_text())
-    resume = latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    with _reused_run(run_dir):
-        return run_downstream(cfg, run_dir, resume=resume)["evaluation"]
-
-
-@contextlib.contextmanager
-def _reused_run(run_dir: Path) -> Iterator[None]:
-    """An interrupted run of an earlier demo is continued only with its own settings: say how to start it again."""
-    from slidr.engine.checkpoint import ResumeConflict
-
-    try:
-        yield
-    except ResumeConflict as error:
-        raise ConfigError(f"{run_dir} holds an interrupted run of an earlier demo with other settings (" + ", ".join(
-            f"{key}: {old!r} there, {new!r} now" for key, (old, new) in error.changes.items()) + f"); delete {run_dir} "
-            "to start it again with the new ones", key=error.key) from None
+    return downstream(cfg, run_dir, what=EARLIER_RUN)
 
 
 def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:

@@ -5,7 +5,8 @@
 (:func:`run_detection_table`, ``slidr detect-table``) is a list of cells (:func:`detection_cells`): one run per
 (pretraining: random init / PPKT / SLidR, label fraction, seed), each in its own folder ``OUT/runs/<cell>``; a
 finished run (``summary.json``) is read back, an interrupted one (checkpoints, no summary) resumed, the others
-started. :func:`write_detection_table` lays the moderate mAP out as the paper's table (a row per pretraining, a
+started (:func:`slidr.analysis.runner.run_cells`, the runner every table command shares).
+:func:`write_detection_table` lays the moderate mAP out as the paper's table (a row per pretraining, a
 column per fraction; mean +- standard deviation over seeds) with the paper's number beside each measured one, in
 markdown, JSON and a bar chart.
 
@@ -28,8 +29,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from slidr.analysis.runner import Cell, cell_state, measured_text, run_cells, statistics, write_table_files
 from slidr.config import ConfigError, DetectionConfig, with_changes
-from slidr.engine.checkpoint import CHECKPOINT_DIR, latest_checkpoint
 from slidr.errors import SlidrError
 from slidr.utils.io import atomic_path, atomic_write_text, write_json
 from slidr.utils.log import logger
@@ -46,7 +47,6 @@ TABLE_METRICS = ("3d", "bev")
 # --smoke: a few steps on a tiny synthetic world, to check that every part runs (numbers mean nothing)
 SMOKE_OVERRIDES = ("trainer.epochs=1", "trainer.max_steps=2", "trainer.batch_size=2", "data.val_split=train",
                    "pictures=1", "trainer.log_every_n_steps=1")
-SMOKE_WORLD = (2, 3, (320, 180), 7)  # scenes, frames, image size, seed
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -122,16 +122,6 @@ def cell_config(base: DetectionConfig, cell: DetectionCell, pretrained: Optional
                                "trainer.seed": cell.seed})
 
 
-def cell_state(folder: str | Path) -> str:
-    """``done`` (``summary.json``), ``interrupted`` (checkpoints, no summary) or ``new``."""
-    folder = Path(folder)
-    if (folder / "summary.json").is_file():
-        return "done"
-    if latest_checkpoint(folder / CHECKPOINT_DIR) is not None:
-        return "interrupted"
-    return "new"
-
-
 def with_shared_backbone(base: DetectionConfig, files: Sequence[str]) -> DetectionConfig:
     """``base`` with the backbone ``name`` / ``in_channels`` it leaves unset taken from the pretrained ``files``,
     so that every row of the table, the random initialisation included, trains the same network.
@@ -182,20 +172,14 @@ def run_detection_table(base: DetectionConfig, pretrained: Mapping[str, Optional
     rows = [p for p in PRETRAININGS if p in pretrained]
     cells = detection_cells(rows, fractions, seeds)
     base = with_shared_backbone(base, [path for path in pretrained.values() if path is not None])
-    summaries: dict[str, dict] = {}
-    for number, cell in enumerate(cells, 1):
-        folder = out / "runs" / cell.name
-        state = cell_state(folder)
-        if state == "done":
-            summaries[cell.name] = json.loads((folder / "summary.json").read_text())
-            logger.info("detect-table %d/%d %s: finished earlier, read back", number, len(cells), cell.name)
-            continue
-        logger.info("detect-table %d/%d %s: %s", number, len(cells), cell.name,
-                    "resuming" if state == "interrupted" else "starting")
+
+    def work(cell: DetectionCell) -> Callable[[Path, bool], dict]:
         cfg = cell_config(base, cell, pretrained[cell.pretraining])
-        summaries[cell.name] = run(cfg, folder, resume=state == "interrupted",
-                                   name=f"{PRETRAINING_NAMES[cell.pretraining]} {100 * cell.fraction:g}% seed "
-                                        f"{cell.seed}", enable_progress_bar=enable_progress_bar)
+        name = f"{PRETRAINING_NAMES[cell.pretraining]} {100 * cell.fraction:g}% seed {cell.seed}"
+        return lambda folder, resume: run(cfg, folder, resume=resume, name=name,
+                                          enable_progress_bar=enable_progress_bar)
+
+    summaries = run_cells([Cell(cell.name, out / "runs" / cell.name, work(cell)) for cell in cells], "detect-table")
     table = detection_table(cells, summaries)
     write_detection_table(table, out)
     return table
@@ -226,33 +210,21 @@ def detection_table(cells: Sequence[DetectionCell], summaries: Mapping[str, Mapp
                                                       for note in summaries[cell.name]["evaluation"].get("notes", [])})}
             for metric in TABLE_METRICS:
                 values = [summaries[cell.name]["evaluation"]["map"][metric]["moderate"] for cell in chosen]
-                entry["map_moderate"][metric] = _statistics(values)
+                entry["map_moderate"][metric] = statistics(values)
             if chosen:
                 evaluation = summaries[chosen[0].name]["evaluation"]
                 table["classes"] = list(evaluation["classes"])
                 table["recall_positions"] = evaluation["recall_positions"]
                 for name in evaluation["classes"]:
-                    entry["class_ap"][name] = _statistics(
+                    entry["class_ap"][name] = statistics(
                         [summaries[cell.name]["evaluation"]["ap"]["3d"][name]["moderate"] for cell in chosen])
-            entry["wall_s_mean"] = _statistics(entry["wall_s"])["mean"]
+            entry["wall_s_mean"] = statistics(entry["wall_s"])["mean"]
             table["cells"].setdefault(pretraining, {})[_key(fraction)] = entry
     return table
 
 
 def _key(fraction: float) -> str:
     return f"{100 * fraction:g}%"
-
-
-def _statistics(values: Sequence[Optional[float]]) -> dict:
-    present = [float(v) for v in values if v is not None]
-    return {"values": list(values), "mean": float(np.mean(present)) if present else None,
-            "std": float(np.std(present, ddof=1)) if len(present) > 1 else None}
-
-
-def _measured(stats: Mapping) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    return f"{stats['mean']:.1f}" + (f" ± {stats['std']:.1f}" if stats["std"] is not None else "")
 
 
 def detection_table_markdown(table: Mapping) -> str:
@@ -266,14 +238,14 @@ def detection_table_markdown(table: Mapping) -> str:
         cells = []
         for key in fractions:
             paper = table["paper"][pretraining][key]
-            cells.append(_measured(table["cells"][pretraining][key]["map_moderate"]["3d"])
+            cells.append(measured_text(table["cells"][pretraining][key]["map_moderate"]["3d"])
                          + (f" ({paper:.1f})" if paper is not None else ""))
         lines.append(f"| {PRETRAINING_NAMES[pretraining]} | " + " | ".join(cells) + " |")
     lines += ["", f"## Moderate mAP, BEV AP|R{positions}\n", "| pretraining | " + " | ".join(fractions) + " |",
               "|---|" + "---:|" * len(fractions)]
     for pretraining in table["pretrainings"]:
         lines.append(f"| {PRETRAINING_NAMES[pretraining]} | " + " | ".join(
-            _measured(table["cells"][pretraining][key]["map_moderate"]["bev"]) for key in fractions) + " |")
+            measured_text(table["cells"][pretraining][key]["map_moderate"]["bev"]) for key in fractions) + " |")
     classes = table.get("classes") or []
     if classes:
         header = [f"{name} {key}" for key in fractions for name in classes]
@@ -281,7 +253,7 @@ def detection_table_markdown(table: Mapping) -> str:
                   "|---|" + "---:|" * len(header)]
         for pretraining in table["pretrainings"]:
             lines.append(f"| {PRETRAINING_NAMES[pretraining]} | " + " | ".join(
-                _measured(table["cells"][pretraining][key]["class_ap"].get(name, {"mean": None}))
+                measured_text(table["cells"][pretraining][key]["class_ap"].get(name, {"mean": None}))
                 if table["cells"][pretraining][key]["class_ap"] else "n/a"
                 for key in fractions for name in classes) + " |")
     lines += ["", "## Wall time per run (s) and training frames\n", "| pretraining | " + " | ".join(fractions) + " |",
@@ -338,26 +310,18 @@ def detection_table_chart(table: Mapping, path: str | Path) -> Path:
 
 def write_detection_table(table: Mapping, out: str | Path, stem: str = "detection_table") -> dict[str, Path]:
     """Write ``STEM.md``, ``STEM.json`` and ``STEM.png`` into ``out``; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json", "chart": out / f"{stem}.png"}
-    atomic_write_text(paths["markdown"], "# 3D detection at few labels\n\n" + detection_table_markdown(table))
-    write_json(paths["json"], table)
-    detection_table_chart(table, paths["chart"])
-    return paths
+    return write_table_files(out, stem, "# 3D detection at few labels\n\n" + detection_table_markdown(table), table,
+                             lambda path: detection_table_chart(table, path))
 
 
 def smoke_world(out: str | Path) -> Path:
     """A tiny synthetic world in KITTI object layout, indexed (``--smoke`` without ``--index``); reused if there."""
+    from slidr.analysis.runner import smoke_world as runner_smoke_world
     from slidr.data.prepare_kitti_object import prepare_kitti_object
-    from slidr.data.synth import generate_world
 
-    root = Path(out)
+    root = runner_smoke_world(out, "kitti-object")
     index = root / "index.npz"
     if not index.is_file():
-        scenes, frames, image_size, seed = SMOKE_WORLD
-        generate_world(root, scenes=scenes, frames=frames, image_size=image_size, seed=seed, workers=1,
-                       fmt="kitti-object", show_progress=False, previews=False)
         prepare_kitti_object(root, index)
     return index
 
