@@ -360,3 +360,14 @@ def test_teacher_head_upsamples_efficientnet_features_to_the_input():
         out = model(torch.randn(2, 3, 64, 96))
     assert out.shape == (2, 64, 64, 96)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2, 64, 96))
+
+
+def test_demo_config_with_the_pretrained_teacher_loads():
+    from slidr.config import PretrainConfig, load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu_effnet.yaml"
+    cfg = load_config(PretrainConfig, path, ["image.feature_stages=[16]", "image.output_stride=8"])
+    assert cfg.image.encoder == "efficientnet_lite0" and cfg.image.weights == "package:efficientnet-lite0"
+    assert cfg.image.feature_stages == [16] and cfg.image.output_stride == 8
+    with pytest.raises(ConfigError, match="image.output_stride"):
+        load_config(PretrainConfig, path, ["image.output_stride=eight"])
