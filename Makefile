@@ -9,7 +9,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 # The CPU build tested here. GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test demo clean
+.PHONY: install test demo gpu-check clean
 
 install: $(STAMP)
 
@@ -28,6 +28,13 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/slidr demo --out $(DEMO_OUT)
+
+# On a CUDA machine, with its own Python and CUDA torch (not the CPU venv above): installs slidr with --no-deps and
+# runs bench sparse, loss and step on the GPU in under 8 minutes (README, "GPU check").
+GPU_PYTHON ?= python3
+GPU_CHECK_OUT ?= gpu_check
+gpu-check:
+	PYTHON=$(GPU_PYTHON) scripts/gpu_check.sh --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -65,3 +65,24 @@ def tiny_kitti_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "semantickitti"
     generate_world(out, workers=1, fmt="semantickitti", show_progress=False, **TINY_WORLD)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_kitti_object_world(tmp_path_factory) -> Path:
+    """Root of the same tiny world in KITTI 3D object layout (``training/{velodyne,image_2,calib,label_2}``, frames
+    000000-000005, ``ImageSets``; both scenes are in ``train``), generated once per test session."""
+    from slidr.data.synth import generate_world
+
+    out = tmp_path_factory.mktemp("synth") / "kitti_object"
+    generate_world(out, workers=1, fmt="kitti-object", show_progress=False, previews=False, **TINY_WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_kitti_object_index(tiny_kitti_object_world: Path) -> Path:
+    """The ``slidr prepare kitti-object`` index of ``tiny_kitti_object_world`` (``index.npz`` beside it)."""
+    from slidr.data.prepare_kitti_object import prepare_kitti_object
+
+    path = tiny_kitti_object_world.parent / "kitti_object_index.npz"
+    prepare_kitti_object(tiny_kitti_object_world, path)
+    return path

@@ -12,7 +12,7 @@ from slidr.data.augment import (
     ImageTransform,
     augment_pairs,
     choose_image_transform,
-    draft_size,
+    dct_reduction,
     draw_cuboid_drop,
     full_image_transform,
     normalize_images,
@@ -233,8 +233,32 @@ def test_reduced_decode_gives_the_same_crop():
     full = transform_image(image, transform, (30, 55)).astype(int)
     reduced = transform_image(image[::2, ::2], transform, (30, 55), reduction=2).astype(int)
     assert np.abs(full - reduced).mean() < 3
-    width, height = draft_size(transform, (180, 320), (30, 55))
-    assert height * 120 / 180 >= 30 and width * 220 / 320 >= 55
+    assert dct_reduction(transform, (30, 55)) == 4  # 120 / 4 >= 30 and 220 / 4 >= 55; 1/8 would be too small
+
+
+@pytest.mark.parametrize("box_hw, out_hw, expected", [
+    ((900, 1600), (224, 416), 2),  # the whole nuScenes image: 1/4 would give 400 < 416 columns
+    ((448, 832), (224, 416), 2),  # exactly twice the output
+    ((447, 1600), (224, 416), 1),  # one row short of 1/2
+    ((900, 831), (224, 416), 1),  # one column short of 1/2
+    ((900, 1600), (112, 200), 8),
+    ((900, 1600), (112, 201), 4),
+    ((900, 1600), (224, 400), 4),
+    ((100, 200), (224, 416), 1),  # enlarged: never reduced
+])
+def test_dct_reduction_is_the_largest_that_keeps_the_output_resolution(box_hw, out_hw, expected):
+    assert dct_reduction(ImageTransform(0, 0, *box_hw), out_hw) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4000), st.integers(1, 4000), st.integers(1, 600), st.integers(1, 600))
+def test_dct_reduction_never_goes_below_the_output_resolution(height, width, out_h, out_w):
+    reduction = dct_reduction(ImageTransform(0, 0, height, width), (out_h, out_w))
+    assert reduction in (1, 2, 4, 8)
+    if reduction > 1:
+        assert height / reduction >= out_h and width / reduction >= out_w
+    if reduction < 8:  # and the next one would
+        assert height / (2 * reduction) < out_h or width / (2 * reduction) < out_w
 
 
 def test_imagenet_normalisation():

@@ -8,7 +8,7 @@ from torch import nn
 
 from slidr.config import PretrainConfig, VoxelConfig
 from slidr.errors import SlidrError
-from slidr.methods.checkpoint import export_pretrained, latest_checkpoint, load_backbone, save_atomic
+from slidr.engine.checkpoint import export_pretrained, latest_checkpoint, load_backbone, load_export, save_atomic
 
 
 def _net(out: int = 4) -> nn.Module:
@@ -90,3 +90,33 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=0000.ckpt"]
     assert latest_checkpoint(tmp_path).name == "epoch=0000.ckpt"
     assert torch.load(tmp_path / "epoch=0000.ckpt") == {"a": 1}
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling this object creates ``marker``: what a malicious checkpoint could do instead."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.marker),)
+
+
+def test_load_export_reads_tensors_and_plain_data_only(tmp_path):
+    path = export_pretrained(tmp_path / "pretrained.pt", _net(), nn.Conv2d(8, 4, 1), PretrainConfig(), "slidr")
+    payload = load_export(path)
+    assert payload["method"] == "slidr" and payload["config"]["optim"]["lr"] == 0.5
+    assert torch.equal(payload["model_points"]["final.weight"], _net().final.weight)
+
+    marker = tmp_path / "code_ran"
+    torch.save({"model_points": _net().state_dict(), "extra": _RunsCodeWhenUnpickled(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(SlidrError, match=r"evil\.pt holds Python objects besides tensors and plain data \(a pickled "):
+        load_export(tmp_path / "evil.pt")
+    with pytest.raises(SlidrError, match="holds Python objects"):
+        load_backbone(tmp_path / "evil.pt", _net())  # the downstream / analysis entry point refuses it too
+    assert not marker.exists()  # nothing ran
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(SlidrError, match="does not hold a dict"):
+        load_export(tmp_path / "list.pt")

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from PIL import Image
 
 from slidr.config import AugmentConfig, DataConfig, SuperpixelConfig
 from slidr.data.datasets import DownstreamDataset, PretrainDataset, collate_downstream, collate_pretrain
-from slidr.data.superpixels import superpixel_dir, superpixel_path, write_label_png
+from slidr.data.superpixels import superpixel_dir, superpixel_path, write_labels
 from slidr.errors import DataError
 
 HEIGHT, WIDTH = 180, 320
@@ -73,14 +75,14 @@ def _build_index(tmp_path, num_samples=2, num_points=3000, labelled=True, superp
         labels = (rows // SPX_CELL) * SPX_COLUMNS + cols // SPX_CELL
         for sample in samples:
             for channel, camera in sample["cameras"].items():
-                write_label_png(superpixel_path(folder, channel, camera["image"]), labels)
+                write_labels(superpixel_path(folder, camera["image"]), labels)
     return index_path
 
 
-def _config(index_path, **augment):
+def _config(index_path, dataset="nuscenes", **augment):
     augment = {"min_pairs": 100, **augment}
-    return DataConfig(index=str(index_path), cameras=["CAM_FRONT", "CAM_BACK"], image_size=list(OUT_HW),
-                      augment=AugmentConfig(**augment))
+    return DataConfig(dataset=dataset, index=str(index_path), cameras=["CAM_FRONT", "CAM_BACK"],
+                      image_size=list(OUT_HW), augment=AugmentConfig(**augment))
 
 
 def _original_pixel(xyz, channel):
@@ -162,32 +164,31 @@ def test_missing_superpixels_say_which_command_makes_them(tmp_path):
         PretrainDataset(index_path, "train", cfg)
     folder = superpixel_dir(index_path, "slic", 150)
     (folder / "CAM_FRONT").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"superpixel file .*tok0_CAM_FRONT.png does not exist; create it with "
+    with pytest.raises(DataError, match=r"superpixel file .*tok0_CAM_FRONT.runs does not exist; create it with "
                                         r"`slidr superpixels --index .* --method slic`"):
         PretrainDataset(index_path, "train", cfg)[0]
-    cfg.superpixels = SuperpixelConfig(method="slic", n_segments=200)
+    cfg = dataclasses.replace(cfg, superpixels=SuperpixelConfig(method="slic", n_segments=200))
     with pytest.raises(DataError, match="--n-segments 200"):
         PretrainDataset(index_path, "train", cfg)
-    cfg.superpixels = SuperpixelConfig(method="none")
+    cfg = dataclasses.replace(cfg, superpixels=SuperpixelConfig(method="none"))
     assert "superpixels" not in PretrainDataset(index_path, "train", cfg)[0]
 
 
 def test_pretraining_needs_the_configured_cameras(tmp_path):
     index_path = _build_index(tmp_path, num_samples=1, fmt="semantickitti", cameras=(), superpixels=False)
     with pytest.raises(DataError, match="SemanticKITTI pretraining needs camera images"):
-        PretrainDataset(index_path, "train", _config(index_path))
+        PretrainDataset(index_path, "train", _config(index_path, "semantickitti"))
     index_path = _build_index(tmp_path, num_samples=1, cameras=("CAM_FRONT",))
     with pytest.raises(DataError, match=r"data.cameras.*CAM_BACK.*data.cameras=\[CAM_FRONT\]"):
         PretrainDataset(index_path, "train", _config(index_path))
-    cfg = _config(index_path)
-    cfg.cameras = ["CAM_FRONT"]
+    cfg = dataclasses.replace(_config(index_path), cameras=["CAM_FRONT"])
     assert PretrainDataset(index_path, "train", cfg)[0]["images"].shape[0] == 1
 
 
 @pytest.mark.parametrize("fmt", ["nuscenes", "semantickitti"])
 def test_downstream_samples_and_collate(tmp_path, fmt):
     index_path = _build_index(tmp_path, num_samples=2, fmt=fmt, superpixels=False)
-    cfg = _config(index_path, enabled=True)
+    cfg = _config(index_path, fmt, enabled=True)
     dataset = DownstreamDataset(index_path, "train", cfg, train=False)
     samples = [dataset[0], dataset[1]]
     for sample in samples:
@@ -207,6 +208,18 @@ def test_downstream_samples_and_collate(tmp_path, fmt):
     assert np.array_equal(augmented[:, 2:], plain[:, 2:])  # rotation about z and flips: z, intensity unchanged
 
 
+@pytest.mark.parametrize("dataset_class", [PretrainDataset, DownstreamDataset])
+def test_an_index_of_another_dataset_is_refused(tmp_path, dataset_class):
+    # a nuScenes index read as SemanticKITTI would be scored against 19 unrelated classes
+    index_path = _build_index(tmp_path, num_samples=1, superpixels=False)
+    cfg = dataclasses.replace(_config(index_path, "semantickitti"), superpixels=SuperpixelConfig(method="none"))
+    with pytest.raises(DataError, match=r"index .*index.json holds nuscenes samples but data.dataset is "
+                                        r"'semantickitti'; set data.dataset=nuscenes"):
+        dataset_class(index_path, "train", cfg)
+    cfg = dataclasses.replace(cfg, dataset="nuscenes")
+    assert len(dataset_class(index_path, "train", cfg)) == 1
+
+
 def test_downstream_without_labels_is_an_error(tmp_path):
     index_path = _build_index(tmp_path, num_samples=1, labelled=False, superpixels=False)
     with pytest.raises(DataError, match="tok0.*no label file"):
@@ -216,14 +229,14 @@ def test_downstream_without_labels_is_an_error(tmp_path):
 @pytest.fixture(scope="module")
 def keyframe_index(nuscenes_keyframe, tmp_path_factory):
     """The real keyframe's index, with stand-in superpixel files (a 10x10-pixel grid, cheaper than SLIC)."""
-    from slidr.data.index import prepare_nuscenes
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
 
     folder = tmp_path_factory.mktemp("keyframe")
-    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", folder / "index.json")
+    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", folder / "index.npz")
     rows, cols = np.mgrid[:900, :1600]
     labels = (rows // 10) * 160 + cols // 10
-    for channel, camera in index.samples[0]["cameras"].items():
-        write_label_png(superpixel_path(superpixel_dir(index.path), channel, camera["image"]), labels)
+    for camera in index.samples[0]["cameras"].values():
+        write_labels(superpixel_path(superpixel_dir(index.path), camera["image"]), labels)
     return index
 
 
@@ -236,18 +249,19 @@ def test_real_keyframe_validation_sample_keeps_the_devkit_pairs(keyframe_index):
     assert abs(float(sample["images"].mean())) < 2  # normalised, not raw 0..255
 
 
-def test_real_keyframe_fast_path_pairs_like_the_authors_path(keyframe_index):
-    from slidr.bench.data import authors_load_sample
+def test_real_keyframe_fast_path_pairs_like_the_authors_path(keyframe_index, tmp_path):
+    from slidr.bench.data import _write_authors_superpixels, authors_load_sample
     from slidr.data.datasets import load_pretrain_sample
 
     cfg = DataConfig(index=str(keyframe_index.path))
     sample = keyframe_index.samples[0]
     folder = superpixel_dir(keyframe_index.path)
+    authors_files = _write_authors_superpixels(keyframe_index, sample, cfg.cameras, folder, tmp_path)
     for seed in (5,):  # the data benchmark's test checks seeds 0 and 1
         timings = {}
         fast = load_pretrain_sample(keyframe_index, sample, cfg, np.random.default_rng(seed), folder,
                                     timings=timings)
-        slow = authors_load_sample(keyframe_index, sample, cfg, np.random.default_rng(seed), folder, {})
+        slow = authors_load_sample(keyframe_index, sample, cfg, np.random.default_rng(seed), authors_files, {})
         assert np.array_equal(fast["pairing_points"], slow["pairing_points"])
         assert np.array_equal(fast["pairing_images"], slow["pairing_images"])
         assert len(fast["pairing_points"]) > 6 * 1024 * 0.5
@@ -255,14 +269,15 @@ def test_real_keyframe_fast_path_pairs_like_the_authors_path(keyframe_index):
         fast_cell = np.stack(np.divmod(fast["superpixels"], 160))
         slow_cell = np.stack(np.divmod(slow["superpixels"], 160))  # nearest rounding differs by <= 1 cell
         assert np.abs(fast_cell - slow_cell).max() <= 1
-        assert set(timings) == {"read", "project", "augment", "decode", "normalize", "voxelize", "superpixels"}
+        stages = {"read", "project", "augment", "decode", "normalize", "voxelize", "superpixels"}
+        assert set(timings) == stages | {f"cpu:{stage}" for stage in stages}
 
 
 def test_end_to_end_prepare_superpixels_dataset_collate(tiny_nuscenes_world, tmp_path, capsys):
     from slidr.cli.main import main
     from slidr.data.index import load_index
 
-    index_path = tmp_path / "index.json"
+    index_path = tmp_path / "index.npz"
     assert main(["prepare", "nuscenes", "--dataroot", str(tiny_nuscenes_world), "--version", "v1.0-trainval",
                  "--out", str(index_path)]) == 0
     assert main(["superpixels", "--index", str(index_path), "--method", "slic", "--n-segments", "30",
@@ -293,9 +308,9 @@ def test_files_that_disagree_with_the_index_are_named(tmp_path):
     index_path = _build_index(tmp_path, num_samples=1)
     cfg = _config(index_path)
     folder = superpixel_dir(index_path, "slic", 150)
-    label_file = superpixel_path(folder, "CAM_BACK", "tok0_CAM_BACK.jpg")
-    write_label_png(label_file, np.zeros((HEIGHT // 2, WIDTH), np.uint16))
-    with pytest.raises(DataError, match=r"tok0_CAM_BACK.png is 320x90 but its image .* is 320x180; recompute"):
+    label_file = superpixel_path(folder, "samples/CAM_BACK/tok0_CAM_BACK.jpg")
+    write_labels(label_file, np.zeros((HEIGHT // 2, WIDTH), np.uint16))
+    with pytest.raises(DataError, match=r"tok0_CAM_BACK.runs is 320x90 but its image .* is 320x180; recompute"):
         PretrainDataset(index_path, "train", cfg)[0]
     image = tmp_path / "data" / "samples" / "CAM_FRONT" / "tok0_CAM_FRONT.jpg"
     Image.new("RGB", (WIDTH + 2, HEIGHT)).save(image)
@@ -306,11 +321,50 @@ def test_files_that_disagree_with_the_index_are_named(tmp_path):
         PretrainDataset(index_path, "train", cfg)[0]
 
 
-def test_data_benchmark_reports_every_stage(keyframe_index):
+def test_jpegs_are_decoded_at_the_largest_reduction_that_keeps_the_output_resolution(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    from slidr.data.augment import ImageTransform, transform_image
+    from slidr.data.datasets import read_transformed_image
+    from slidr.data.io import read_image
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "image.jpg"
+    Image.fromarray(rng.integers(0, 256, (90, 160, 3)).astype(np.uint8)).resize((1600, 900)).save(path, quality=90)
+    full = read_image(path)
+    drafts = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(image, mode, size):
+        result = draft(image, mode, size)
+        drafts.append(image.size)  # the size the JPEG is decoded at
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    out_hw = (224, 416)
+    for box, reduction in (((0, 0, 900, 1600), 2), ((100, 300, 600, 1000), 2), ((50, 60, 447, 900), 1),
+                           ((0, 0, 900, 1600), 2)):
+        for flip in (False, True):
+            transform = ImageTransform(*box, flip=flip)
+            drafts.clear()
+            got = read_transformed_image(path, transform, (900, 1600), out_hw)
+            assert got.shape == (224, 416, 3) and got.dtype == np.uint8
+            assert drafts == ([(1600 // reduction, 900 // reduction)] if reduction > 1 else [])  # 800 x 450
+            expected = transform_image(full, transform, out_hw).astype(int)
+            if reduction == 1:  # no reduction: exactly the full decode's pixels (the synthetic world's case)
+                assert np.array_equal(got, expected)
+            else:  # the reduced decode is the full one low-passed: close to its resize
+                assert np.abs(got.astype(int) - expected).mean() < 2.5
+    drafts.clear()
+    small = read_transformed_image(path, ImageTransform(0, 0, 900, 1600), (900, 1600), (56, 100))
+    assert drafts == [(200, 113)] and small.shape == (56, 100, 3)  # 1/8 (libjpeg rounds 112.5 up)
+
+
+def test_data_benchmark_reports_every_stage(keyframe_index, tmp_path):
     from slidr.bench.data import STAGES, _measure
 
     cfg = DataConfig(index=str(keyframe_index.path))
-    result = _measure(keyframe_index.path, cfg, repeats=1, reference=True)
+    result = _measure(keyframe_index.path, cfg, repeats=1, reference=True, tmp=tmp_path)
     assert result.data["pairings_identical"] is True
     assert result.data["ms_per_sample"] > 0 and result.data["speedup"] > 0
     assert all(result.data[f"{stage}_ms"] > 0 for stage in STAGES)
@@ -320,14 +374,26 @@ def test_data_benchmark_reports_every_stage(keyframe_index):
 def test_end_to_end_semantickitti(tiny_kitti_world, tmp_path):
     from slidr.cli.main import main
 
-    index_path = tmp_path / "index.json"
+    index_path = tmp_path / "index.npz"
     assert main(["prepare", "semantickitti", "--root", str(tiny_kitti_world), "--out", str(index_path)]) == 0
     cfg = DataConfig(dataset="semantickitti", index=str(index_path), image_size=[64, 112],
                      superpixels=SuperpixelConfig(method="fh"), augment=AugmentConfig(min_pairs=200))
     with pytest.raises(DataError, match=r"SemanticKITTI pretraining needs the cameras .*image_2"):
         PretrainDataset(index_path, None, cfg)
-    cfg.cameras = ["image_2"]
+    cfg = dataclasses.replace(cfg, cameras=["image_2"])
     assert main(["superpixels", "--index", str(index_path), "--method", "fh", "--no-progress"]) == 0
+    # both sequences have an image_2/000000.png: each keeps its own superpixels
+    from slidr.data.index import load_index
+    from slidr.data.io import read_image
+    from slidr.data.superpixels import compute_superpixels, read_labels
+
+    index = load_index(index_path)
+    images = [sample["cameras"]["image_2"]["image"] for sample in index.samples]
+    assert len({Path(image).name for image in images}) < len(images) == len(set(images))
+    folder = superpixel_dir(index_path, "fh")
+    for image in images:
+        assert np.array_equal(read_labels(superpixel_path(folder, image)),
+                              compute_superpixels(read_image(index.resolve(image)), "fh"))
     batch = collate_pretrain([PretrainDataset(index_path, None, cfg)[i] for i in range(2)])
     assert batch["images"].shape == (2, 3, 64, 112) and len(batch["pairing_points"]) > 200
     downstream = DownstreamDataset(index_path, None, cfg, train=False)

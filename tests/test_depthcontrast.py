@@ -9,7 +9,7 @@ from slidr.config import PretrainConfig, load_config
 from slidr.data.scan_pairs import collate_two_views
 from slidr.data.voxelize import point_features, voxelize
 from slidr.methods.depthcontrast import DepthContrastModule
-from slidr.methods.pointnet import PointNet2Encoder, group_neighbors
+from slidr.models.pointnet import PointNet2Encoder, group_neighbors
 
 
 def _view(seed: int) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from PIL import Image
 
 from slidr.config import ConfigError, ImageModelConfig
 from slidr.errors import SlidrError
-from slidr.models import pretrained
+from slidr.models import IMAGE_ENCODERS, pretrained
 from slidr.models.efficientnet import (
+    LITE_MEAN,
+    LITE_STD,
     PRETRAINED_LITE,
     STAGE_STRIDES,
     efficientnet_lite,
@@ -136,7 +139,7 @@ def test_logits_equal_the_reference_on_random_input(variant):
     torch.manual_seed(0)
     pixels = torch.rand(2, 3, 97, 130)  # odd and even sizes: both kinds of TensorFlow padding
     with torch.no_grad():
-        expected, actual = reference(minus_one_to_one(pixels)), ours(imagenet_normalised(pixels))
+        expected, actual = reference(minus_one_to_one(pixels)), ours(minus_one_to_one(pixels))
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
 
 
@@ -144,7 +147,7 @@ def test_logits_equal_the_reference_on_the_real_camera_images(lite0_classifier, 
     reference = reference_model("efficientnet_lite0", packaged_file("efficientnet_lite0"))
     _, pixels = cameras
     with torch.no_grad():
-        expected, actual = reference(minus_one_to_one(pixels)), lite0_classifier(imagenet_normalised(pixels))
+        expected, actual = reference(minus_one_to_one(pixels)), lite0_classifier(minus_one_to_one(pixels))
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4)
     assert torch.equal(actual.argmax(1), expected.argmax(1))
 
@@ -153,20 +156,20 @@ def test_front_camera_is_classified_as_a_road_vehicle(lite0_classifier, cameras)
     """Real ImageNet knowledge: the CAM_FRONT crop (a bus ahead) is a vehicle class, and so are most of its top 5."""
     names, pixels = cameras
     with torch.no_grad():
-        logits = lite0_classifier(imagenet_normalised(pixels))
+        logits = lite0_classifier(minus_one_to_one(pixels))
     front = logits[names.index("CAM_FRONT")]
     assert int(front.argmax()) in VEHICLE_CLASSES, int(front.argmax())
     assert len(set(front.topk(5).indices.tolist()) & VEHICLE_CLASSES.keys()) >= 3
 
 
 def test_the_weights_expect_minus_one_to_one_inputs(lite0_classifier, cameras):
-    """The normalisation finding: the encoder's input affine maps ImageNet-normalised images to (255 p - 127) / 128,
-    with which the stem's statistics on the real camera crops come closest to the stored BatchNorm statistics
-    (median over the 32 channels of |log variance ratio| 0.49 and |mean offset| 0.03 running std; fed ImageNet-
-    normalised pixels as the reference README does: 1.13 and 0.12, the variances ~2.6x too large)."""
+    """The normalisation finding: with (255 p - 127) / 128 inputs, the stem's statistics on the real camera crops
+    come closest to the stored BatchNorm statistics (median over the 32 channels of |log variance ratio| 0.49 and
+    |mean offset| 0.03 running std; fed ImageNet-normalised pixels as the reference README does: 1.13 and 0.12, the
+    variances ~2.6x too large)."""
     model, (_, pixels) = lite0_classifier, cameras
-    converted = imagenet_normalised(pixels) * model.input_scale + model.input_shift
-    torch.testing.assert_close(converted, minus_one_to_one(pixels), rtol=0, atol=1e-5)
+    lite_normalised = (pixels - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(lite_normalised, minus_one_to_one(pixels), rtol=0, atol=1e-6)
 
     def stem_mismatch(inputs: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():
@@ -176,10 +179,34 @@ def test_the_weights_expect_minus_one_to_one_inputs(lite0_classifier, cameras):
         offset = (stem.mean(dim=(0, 2, 3)) - bn.running_mean) / (bn.running_var + bn.eps).sqrt()
         return log_ratio.abs().median().item(), offset.abs().median().item()
 
-    (ours_scale, ours_offset), (imagenet_scale, imagenet_offset) = stem_mismatch(converted), stem_mismatch(
+    (ours_scale, ours_offset), (imagenet_scale, imagenet_offset) = stem_mismatch(lite_normalised), stem_mismatch(
         imagenet_normalised(pixels))
     assert ours_scale < 0.6 and imagenet_scale > ours_scale + 0.4
     assert ours_offset < 0.06 and imagenet_offset > 2 * ours_offset
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_registered_with_the_input_statistics_of_the_weights(variant):
+    entry = IMAGE_ENCODERS.entry(variant)
+    assert entry.metadata["mean"] == PRETRAINED_LITE[variant].mean == LITE_MEAN
+    assert entry.metadata["std"] == PRETRAINED_LITE[variant].std == LITE_STD
+    assert entry.metadata["options"] == ("feature_stages", "output_stride")
+
+
+def test_teacher_feeds_the_encoder_minus_one_to_one_inputs(lite0_classifier, cameras):
+    """The datasets' ImageNet-normalised float images and uint8 images both reach the encoder as (255 p - 127) /
+    128: the teacher's features are the encoder's on those inputs."""
+    _, pixels = cameras
+    teacher = build_image_model(ImageModelConfig(encoder="efficientnet_lite0", feature_stages=[8, 16]), head=False)
+    teacher.encoder.load_state_dict({key: value for key, value in lite0_classifier.state_dict().items()
+                                     if not key.startswith("_fc.")})
+    with torch.no_grad():
+        expected = teacher.encoder.forward_features(minus_one_to_one(pixels))
+        from_float = teacher.encode(imagenet_normalised(pixels))
+        from_uint8 = teacher.encode((pixels * 255).round().to(torch.uint8))
+        from_rounded = teacher.encoder.forward_features(minus_one_to_one((pixels * 255).round() / 255))
+    torch.testing.assert_close(from_float, expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(from_uint8, from_rounded, rtol=1e-4, atol=1e-4)
 
 
 # --- strict loading -----------------------------------------------------------------------------------------------
@@ -348,9 +375,24 @@ def test_invalid_feature_settings_are_refused():
         efficientnet_lite0(feature_stages=[])
     with pytest.raises(ConfigError, match="image.output_stride of efficientnet_lite0 .* got 12"):
         efficientnet_lite0(output_stride=12)
-    with pytest.raises(ConfigError, match="apply to the EfficientNet-Lite encoders only"):
-        build_image_model(ImageModelConfig(encoder="resnet18", feature_stages=[8]))
     assert set(STAGE_STRIDES) == {2, 4, 8, 16, 32}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["image.encoder=resnet18", "image.feature_stages=[8]"],
+     re.escape("image.feature_stages and image.output_stride apply to EfficientNet-Lite encoders (efficientnet_lite*), "
+               "not to resnet18; set them to null")),
+    (["image.encoder=convnet_small", "image.output_stride=8"], "apply to EfficientNet-Lite encoders"),
+    (["image.feature_stages=[8, 64]"], r"image.feature_stages must be a non-empty subset of \[2, 4, 8, 16, 32\]"),
+    (["image.feature_stages=[]"], "image.feature_stages must be a non-empty subset"),
+    (["image.output_stride=12"], r"image.output_stride must be one of \[2, 4, 8, 16, 32\] or null, got 12"),
+])
+def test_feature_settings_are_checked_when_the_config_loads(overrides, message):
+    from slidr.config import PretrainConfig, load_config
+
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(PretrainConfig, "pretrain/demo_cpu_effnet.yaml", overrides)
+    assert "\n" not in str(error.value)
 
 
 def test_teacher_head_upsamples_efficientnet_features_to_the_input():
@@ -365,9 +407,9 @@ def test_teacher_head_upsamples_efficientnet_features_to_the_input():
 def test_demo_config_with_the_pretrained_teacher_loads():
     from slidr.config import PretrainConfig, load_config
 
-    path = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "demo_cpu_effnet.yaml"
-    cfg = load_config(PretrainConfig, path, ["image.feature_stages=[16]", "image.output_stride=8"])
+    cfg = load_config(PretrainConfig, "pretrain/demo_cpu_effnet.yaml",
+                      ["image.feature_stages=[16]", "image.output_stride=8"])
     assert cfg.image.encoder == "efficientnet_lite0" and cfg.image.weights == "package:efficientnet-lite0"
     assert cfg.image.feature_stages == [16] and cfg.image.output_stride == 8
     with pytest.raises(ConfigError, match="image.output_stride"):
-        load_config(PretrainConfig, path, ["image.output_stride=eight"])
+        load_config(PretrainConfig, "pretrain/demo_cpu_effnet.yaml", ["image.output_stride=eight"])

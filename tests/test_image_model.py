@@ -76,6 +76,36 @@ def test_unfrozen_encoder_trains():
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
+def test_registered_input_statistics_and_weight_prefixes(tmp_path):
+    """An encoder registered with its own normalisation sees its statistics whatever the input layout, and a
+    registered key prefix is stripped from weight files without image.weights_prefix."""
+    from slidr.models import IMAGE_ENCODERS
+    from slidr.models.image import ConvNetSmall, ImageTeacher
+
+    unit = (0.5, 0.5, 0.5)
+    IMAGE_ENCODERS.register("convnet_unit_range", ConvNetSmall, mean=unit, std=unit, weight_prefixes=("student.",))
+    try:
+        torch.manual_seed(0)
+        source = ConvNetSmall()
+        torch.save({f"student.{k}": v for k, v in source.state_dict().items()}, tmp_path / "student.pt")
+        cfg = ImageModelConfig(encoder="convnet_unit_range", weights=str(tmp_path / "student.pt"))
+        model = build_image_model(cfg).eval()
+        _assert_same_encoder(source, model.encoder)
+    finally:
+        IMAGE_ENCODERS.unregister("convnet_unit_range")
+    plain = ImageTeacher(source.eval()).eval()  # ImageNet statistics: float input reaches the encoder unchanged
+    plain.head.load_state_dict(model.head.state_dict())
+    pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    imagenet = (pixels.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD).view(1, 3, 1, 1)
+    unit_range = (pixels.float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        expected = plain(unit_range)
+        torch.testing.assert_close(model(pixels), expected)
+        torch.testing.assert_close(model(imagenet), expected)
+        assert not torch.allclose(plain(imagenet), expected, atol=1e-3)  # the statistics matter
+
+
 def test_no_weights_warns_once(caplog):
     from slidr.utils import log
 

@@ -81,16 +81,17 @@ def test_knn_sequence_on_tiny_world(tiny_nuscenes_world, tmp_path):
 
     from slidr.analysis.knn import knn_sequence
     from slidr.config import PretrainConfig, load_config
-    from slidr.data.index import load_index, prepare_nuscenes
+    from slidr.data.index import load_index
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
     from slidr.errors import SlidrError
-    from slidr.methods.checkpoint import export_pretrained
+    from slidr.engine.checkpoint import export_pretrained
     from slidr.models.unet import build_backbone
 
-    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.json")
-    cfg = load_config(PretrainConfig, None, [f"data.index={tmp_path / 'index.json'}", "backbone.name=minkunet14_half",
+    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.npz")
+    cfg = load_config(PretrainConfig, None, [f"data.index={tmp_path / 'index.npz'}", "backbone.name=minkunet14_half",
                                              "data.image_size=[96,160]"])
     path = export_pretrained(tmp_path / "pretrained.pt", build_backbone(cfg.backbone), None, cfg, "slidr")
-    scene = next(iter(load_index(tmp_path / "index.json").scenes))
+    scene = next(iter(load_index(tmp_path / "index.npz").scenes))
     result = knn_sequence(path, tmp_path / "knn", scene=scene, classes=["car", "manmade"], k=5)
     assert len(result["frames"]) == 2  # 3 keyframes, the first is the database
     written = json.loads((tmp_path / "knn" / "knn.json").read_text())

@@ -42,10 +42,10 @@ def test_matches_after_registration_with_the_poses():
     assert len(match_points(in_a, in_b, np.eye(4), radius=0.1)) < 10
 
 
-def test_steps_show_as_many_clouds_as_slidr_epochs():
-    # SLidR: 50 epochs x 100 scans = 5000 clouds; PointContrast: 2 clouds per pair, 8 pairs per step
-    assert pointcontrast_steps(100, 8, 50) == 313
-    assert pointcontrast_steps(100, 8, 50, world_size=2) == 157
+def test_steps_show_as_many_pairs_as_slidr_sees_clouds():
+    # SLidR: 50 epochs x 100 scans = 5000 clouds; PointContrast: as many pairs, 8 pairs per step
+    assert pointcontrast_steps(100, 8, 50) == 625
+    assert pointcontrast_steps(100, 8, 50, world_size=2) == 313
 
 
 class TinyPairs(torch.utils.data.Dataset):

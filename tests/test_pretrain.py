@@ -9,7 +9,8 @@ import torch
 from slidr.config import PretrainConfig, load_config
 from slidr.data.datasets import collate_pretrain
 from slidr.data.voxelize import point_features, voxelize
-from slidr.methods.pretrain import ImageToLidarModule, build_module
+from slidr.methods.image_to_lidar import ImageToLidarModule
+from slidr.methods.pretrain import build_module
 from slidr.errors import SlidrError
 
 HEIGHT, WIDTH, CAMERAS = 32, 48, 2
@@ -68,7 +69,9 @@ def test_gradients_reach_only_the_3d_network_and_the_image_head(method):
 def test_slidr_loss_decreases_on_a_fixed_batch():
     torch.set_num_threads(1)
     module = _module("slidr").train()
-    optimizer = torch.optim.SGD(module.trainable_parameters(), lr=0.5, momentum=0.9, dampening=0.1,
+    # lr 0.1, not the paper's 0.5 (set for batches of 4 full scans): on this 2-scan toy batch 0.5 overshoots after
+    # a few steps and the last value depends on the initialisation's draws
+    optimizer = torch.optim.SGD(module.trainable_parameters(), lr=0.1, momentum=0.9, dampening=0.1,
                                 weight_decay=1e-4)
     batch = _batch()
     values = []

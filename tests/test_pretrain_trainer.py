@@ -7,7 +7,10 @@ run that replays other augmentations than the uninterrupted one would end with o
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+import textwrap
 
 import lightning as L
 import numpy as np
@@ -17,8 +20,13 @@ from torch.utils.data import Dataset
 
 from slidr.config import load_config, PretrainConfig
 from slidr.errors import SlidrError
-from slidr.methods.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint
-from slidr.methods.pretrain import CosineSchedule, EpochSampler, PretrainModule, gather_with_grad, run_pretraining
+from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint
+from slidr.engine.checkpoint import load_export
+from slidr.engine.data import EpochSampler, ShardSampler
+from slidr.engine.distributed import gather_with_grad
+from slidr.engine.module import PretrainModule
+from slidr.engine.optim import CosineSchedule
+from slidr.methods.pretrain import run_pretraining
 
 
 class NoisyPoints(Dataset):
@@ -108,6 +116,17 @@ def test_sampler_order_depends_on_seed_and_epoch_and_splits_ranks():
     ranks = [list(EpochSampler(10, 3, rank=r, world_size=3)) for r in range(3)]
     assert all(len(r) == 4 for r in ranks)  # padded to equal length
     assert {i for r in ranks for i, _ in r} == set(range(10))
+
+
+def test_shard_sampler_gives_every_item_to_exactly_one_process():
+    for items in (5, 6, 7):
+        for world in (1, 2, 3):
+            shards = [list(ShardSampler(items, rank, world)) for rank in range(world)]
+            assert sorted(i for shard in shards for i in shard) == list(range(items))  # no padding, no gap
+            assert all(shard == sorted(shard) and len(shard) == len(ShardSampler(items, rank, world))
+                       for rank, shard in enumerate(shards))
+    with pytest.raises(SlidrError, match="1 scan.*fewer than the 2 processes"):
+        ShardSampler(1, 0, 2)
 
 
 def test_cosine_schedule_per_epoch_and_per_step():
@@ -220,3 +239,66 @@ def test_two_process_cpu_ddp_ends_with_identical_weights(tmp_path):
     assert (r0["offset"], r1["offset"]) == (0, 1)
     assert torch.equal(r0["grad"], torch.ones(1, 2))
     assert torch.equal(r1["grad"], torch.tensor([[2.0, 2.0], [3.0, 3.0]]))
+
+
+PLUGIN_METHOD = """
+\"\"\"A pretraining method in one module: registered by name, trained by the normal runner.\"\"\"
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from slidr.engine.module import PretrainModule
+from slidr.methods import METHODS
+
+
+class Clouds(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return {"points": np.random.normal(size=(16, 3)).astype(np.float32)}
+
+
+def collate(samples):
+    return {"points": torch.from_numpy(np.concatenate([s["points"] for s in samples])), "batch_size": len(samples)}
+
+
+@METHODS.register("centroid_regression")
+class CentroidRegression(PretrainModule):
+    def __init__(self, cfg, **kwargs):
+        super().__init__(cfg, **kwargs)
+        self.model_points = torch.nn.Linear(3, 3)
+
+    def build_train_dataset(self):
+        return Clouds(), collate
+
+    def compute_loss(self, batch):
+        points = batch["points"]
+        return ((self.model_points(points) - points.mean(0)) ** 2).mean(), {"pairs": float(len(points))}
+"""
+
+
+def test_a_new_method_is_one_module_trained_by_the_runner(tmp_path):
+    """Registering a method is all it takes: the config accepts its name and run_pretraining builds and trains it."""
+    from slidr.methods import METHODS
+
+    (tmp_path / "centroid_method.py").write_text(textwrap.dedent(PLUGIN_METHOD))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        importlib.import_module("centroid_method")
+        cfg = _config(**{"method": "centroid_regression", "trainer.max_steps": 2})
+        summary = run_pretraining(cfg, tmp_path / "run", enable_progress_bar=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("centroid_method", None)
+        METHODS.unregister("centroid_regression")
+    assert summary["method"] == "centroid_regression" and summary["steps"] == 2 and summary["scans_seen"] == 8
+    exported = load_export(tmp_path / "run" / "pretrained.pt")
+    assert exported["method"] == "centroid_regression"
+    torch.manual_seed(cfg.trainer.seed)
+    initial = torch.nn.Linear(3, 3)  # what the runner built after seeding
+    assert exported["model_points"].keys() == initial.state_dict().keys()
+    assert not torch.equal(exported["model_points"]["weight"], initial.weight.detach())
+    with pytest.raises(SlidrError, match="'centroid_regression' is not one of"):  # gone once unregistered
+        _config(method="centroid_regression")

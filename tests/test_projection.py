@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidr.data.index import load_scan, prepare_nuscenes
+from slidr.data.prepare_nuscenes import prepare_nuscenes
 from slidr.data.projection import pixel_coordinates, project_points, project_to_cameras
+from slidr.data.scans import load_scan
 from slidr.errors import DataError
 
 DEVKIT_COUNTS = {"CAM_FRONT": 3053, "CAM_FRONT_RIGHT": 3076, "CAM_BACK_RIGHT": 3369, "CAM_BACK": 4820,
@@ -15,7 +16,7 @@ DEVKIT_COUNTS = {"CAM_FRONT": 3053, "CAM_FRONT_RIGHT": 3076, "CAM_BACK_RIGHT": 3
 
 @pytest.fixture(scope="module")
 def keyframe(nuscenes_keyframe, tmp_path_factory):
-    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", tmp_path_factory.mktemp("kf") / "index.json")
+    index = prepare_nuscenes(nuscenes_keyframe, "v1.0-mini", tmp_path_factory.mktemp("kf") / "index.npz")
     sample = index.samples[0]
     return index, sample, load_scan(index, sample).points
 
@@ -131,3 +132,52 @@ def test_calibration_with_no_point_in_any_image():
         project_to_cameras(points, sample, allow_empty=False)
     with pytest.raises(DataError, match="no camera 'side'"):
         project_to_cameras(points, sample, ["side"])
+
+
+def _rigid(rng, offset):
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    transform = np.eye(4)
+    transform[:3, :3] = rotation * np.sign(np.linalg.det(rotation))
+    transform[:3, 3] = rng.uniform(-offset, offset, 3)
+    return transform
+
+
+def test_devkit_chain_projects_only_candidates_yet_keeps_every_pair():
+    """Points placed on the mask's borders (u, v near 1 and W - 1, depth near 1 m) far from the global origin: the
+    fast path (composed-transform candidates, then the devkit's float32 chain on them) pairs exactly like the chain
+    run on the whole cloud."""
+    from slidr.data.projection import (
+        _devkit_global_to_image,
+        _devkit_lidar_to_global,
+        _visible,
+    )
+
+    rng = np.random.default_rng(0)
+    height, width = 900, 1600
+    intrinsic = np.array([[1266.0, 0.0, 816.0], [0.0, 1266.0, 491.0], [0.0, 0.0, 1.0]])
+    sample = {"token": "t", "lidar": "l.bin", "lidar_to_ego": _rigid(rng, 2).tolist(),
+              "ego_pose": _rigid(rng, 2000).tolist(), "cameras": {}}
+    lidar_to_global = np.asarray(sample["ego_pose"]) @ np.asarray(sample["lidar_to_ego"])
+    parts = []
+    for channel in ("A", "B", "C"):
+        ego_pose = np.asarray(sample["ego_pose"]) @ _rigid(rng, 1)  # the ego moved a little since the lidar
+        camera_to_ego = _rigid(rng, 2)
+        sample["cameras"][channel] = {"image": f"{channel}.jpg", "width": width, "height": height,
+                                      "intrinsic": intrinsic.tolist(), "ego_pose": ego_pose.tolist(),
+                                      "camera_to_ego": camera_to_ego.tolist()}
+        count = 3000
+        u = rng.choice([1.0, width - 1.0, 300.0], count) + rng.choice([0.0, 1e-4, -1e-4, 0.3, -0.6], count)
+        v = rng.choice([1.0, height - 1.0, 400.0], count) + rng.choice([0.0, 1e-4, -1e-4, 0.5, -0.2], count)
+        depth = rng.choice([1.0, 1.0001, 0.9999, 1.02, 7.0, 60.0], count)
+        in_camera = (np.linalg.inv(intrinsic) @ np.stack([u, v, np.ones(count)])) * depth
+        to_lidar = np.linalg.inv(np.linalg.inv(ego_pose @ camera_to_ego) @ lidar_to_global)
+        parts.append((to_lidar[:3, :3] @ in_camera + to_lidar[:3, 3:4]).T)
+    points = np.concatenate(parts + [rng.uniform(-80, 80, (5000, 3))]).astype(np.float32)
+    pairing_points, pairing_images = project_to_cameras(points, sample)
+    whole = _devkit_lidar_to_global(points, sample)
+    for k, channel in enumerate(sample["cameras"]):
+        depth, u, v = _devkit_global_to_image(whole, sample["cameras"][channel])
+        index, pixel_rc = _visible(depth, u, v, (height, width), 1.0)
+        assert 1000 < index.size < len(points) // 2  # many pairs, many points on the wrong side of a border
+        np.testing.assert_array_equal(pairing_points[pairing_images[:, 0] == k], index)
+        np.testing.assert_array_equal(pairing_images[pairing_images[:, 0] == k, 1:], pixel_rc)

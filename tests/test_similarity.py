@@ -48,13 +48,13 @@ def test_render_writes_png(tmp_path):
 def test_similarity_figure_on_tiny_world(tiny_nuscenes_world, tmp_path):
     from slidr.analysis.similarity import similarity_figure
     from slidr.config import PretrainConfig, load_config
-    from slidr.data.index import prepare_nuscenes
-    from slidr.methods.checkpoint import export_pretrained
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
+    from slidr.engine.checkpoint import export_pretrained
     from slidr.models.image import build_image_model
     from slidr.models.unet import build_backbone
 
-    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.json")
-    cfg = load_config(PretrainConfig, None, [f"data.index={tmp_path / 'index.json'}", "backbone.name=minkunet14_half",
+    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.npz")
+    cfg = load_config(PretrainConfig, None, [f"data.index={tmp_path / 'index.npz'}", "backbone.name=minkunet14_half",
                                              "image.encoder=convnet_small", "data.image_size=[96,160]"])
     images = build_image_model(cfg.image)
     path = export_pretrained(tmp_path / "pretrained.pt", build_backbone(cfg.backbone), images.head, cfg, "slidr")

@@ -16,7 +16,9 @@ from slidr.models.sparse import (
     cat,
     global_pool,
     kernel_offsets,
+    sparse_conv,
 )
+from slidr.models.sparse.conv import chunk_plan
 
 GRID = 8
 LOW = (-4, -2, -6)  # even, so stride-2 cells of the dense grid are those of the sparse engine
@@ -268,3 +270,127 @@ def test_kernel_maps_are_cached_and_reused():
     assert x.cache.submanifold_map(1) is first
     down = x.cache.downsample_map(1)
     assert x.cache.upsample_map(2).in_index is down.out_index_by_in  # the same pairs, not rebuilt
+
+
+# --- chunked execution and multiply-add counts ------------------------------------------------------------------
+
+
+def dense_layer_reference(layer, coords, feats, probe):
+    """Output, input gradient and conv3d-layout weight gradient of a submanifold or strided ``layer``, computed
+    densely with conv3d."""
+    dense_x = to_dense(coords, feats, 2, GRID).requires_grad_(True)
+    k = layer.kernel_size
+    w = dense_weight(layer.weight.detach(), k).requires_grad_(True)
+    if isinstance(layer, SubmanifoldConv3d):
+        dense_out = at_sites(F.conv3d(dense_x, w, padding=k // 2), coords)
+    else:
+        out_coords = SparseTensor(coords, feats).cache.level(2).coords
+        dense_out = at_sites(F.conv3d(dense_x, w, stride=2), out_coords, stride=2)
+    (dense_out * probe).sum().backward()
+    return dense_out.detach(), at_sites(dense_x.grad, coords), w.grad
+
+
+def chunked(layer, coords, feats, chunk_values):
+    """Output and gradients of a conv layer run through ``sparse_conv`` with ``chunk_values`` per chunk."""
+    feats = feats.clone().requires_grad_(True)
+    x = SparseTensor(coords, feats)
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    out = sparse_conv(feats, weight, layer.kernel_map(x), chunk_values)
+    probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=feats.dtype)
+    (out * probe).sum().backward()
+    return out.detach(), feats.grad, weight.grad, probe
+
+
+@pytest.mark.parametrize("layer_type", ["submanifold", "strided"])
+def test_chunked_conv_equals_dense_for_every_chunk_size(layer_type):
+    torch.manual_seed(3)
+    coords = random_sites(15)
+    cin, cout = 3, 4
+    feats = torch.randn(coords.shape[0], cin, dtype=torch.float64)
+    layer = (SubmanifoldConv3d(cin, cout) if layer_type == "submanifold" else Conv3dDown(cin, cout)).double()
+    kernel_map = layer.kernel_map(SparseTensor(coords, feats))
+    sizes = [s for s in kernel_map.group_sizes if s > 0]
+    width = max(cin, cout)
+    # one pair per chunk, chunks ending exactly on a group boundary and one pair before/after it, several groups
+    # per chunk, everything in one chunk
+    rows_per_chunk = {1, sizes[0], sizes[0] - 1, sizes[0] + 1, sizes[0] + sizes[1], 3 * max(sizes) // 2, 10**6}
+    for rows in sorted(r for r in rows_per_chunk if r > 0):
+        out, grad_feats, grad_weight, probe = chunked(layer, coords, feats, rows * width)
+        dense_out, dense_grad_feats, dense_grad_weight = dense_layer_reference(layer, coords, feats, probe)
+        check_close(out, dense_out, torch.float64)
+        check_close(grad_feats, dense_grad_feats, torch.float64)
+        check_close(dense_weight(grad_weight, layer.kernel_size), dense_grad_weight, torch.float64)
+
+
+def test_chunk_plan_covers_every_pair_once_and_splits_large_groups():
+    coords = random_sites(16)
+    kernel_map = SparseTensor(coords, torch.zeros(len(coords), 1)).cache.submanifold_map(1)
+    for rows in (1, 5, 64, 10**6):
+        for by_input in (False, True):
+            plan = chunk_plan(kernel_map, rows, by_input)
+            assert chunk_plan(kernel_map, rows, by_input) is plan  # cached with the map
+            pairs = []
+            firsts = []
+            for chunk in plan:
+                assert 0 < chunk.in_index.shape[0] <= rows
+                assert chunk.members[-1][2] == chunk.in_index.shape[0]
+                for kernel, start, stop, first in chunk.members:
+                    pairs += [(i, o, kernel) for i, o in zip(chunk.in_index[start:stop].tolist(),
+                                                               chunk.out_index[start:stop].tolist())]
+                    firsts.append((kernel, first))
+            assert len(pairs) == len(set(pairs)) == kernel_map.num_pairs
+            # each offset's first rows are flagged once (the weight gradient is written there, then accumulated)
+            assert sorted(k for k, first in firsts if first) == sorted(
+                k for k, s in zip(kernel_map.group_kernels, kernel_map.group_sizes) if s > 0)
+
+
+def test_offsets_without_pairs_get_zero_weight_gradient():
+    # sites two cells apart: no neighbours at all, only the centre offset has "pairs"; then a z-line: only (0,0,+-1)
+    isolated = torch.tensor([[0, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 2], [1, 0, 0, 0]], dtype=torch.int32)
+    line = torch.tensor([[0, 0, 0, z] for z in range(-3, 4)], dtype=torch.int32)
+    for coords in (isolated, line):
+        feats = torch.randn(len(coords), 3, dtype=torch.float64, requires_grad=True)
+        layer = SubmanifoldConv3d(3, 2).double()
+        torch.nn.init.normal_(layer.weight)
+        out = layer(SparseTensor(coords, feats)).feats
+        out.square().sum().backward()
+        present = {layer.kernel_map(SparseTensor(coords, feats)).identity_kernel}
+        if coords is line:
+            present |= {12, 14}  # offsets (0, 0, -1) and (0, 0, +1)
+        for kernel in range(27):
+            if kernel not in present:
+                assert torch.equal(layer.weight.grad[kernel], torch.zeros(3, 2, dtype=torch.float64))
+        # and the values agree with a dense reference
+        grid = 8
+        dense_x = torch.zeros(2, 3, grid, grid, grid, dtype=torch.float64)
+        idx = coords.long() + torch.tensor([0, 4, 4, 4])
+        dense_x[idx[:, 0], :, idx[:, 1], idx[:, 2], idx[:, 3]] = feats.detach()
+        dense_x.requires_grad_(True)
+        w = dense_weight(layer.weight.detach(), 3).requires_grad_(True)
+        dense_out = F.conv3d(dense_x, w, padding=1)[idx[:, 0], :, idx[:, 1], idx[:, 2], idx[:, 3]]
+        dense_out.square().sum().backward()
+        check_close(out.detach(), dense_out.detach(), torch.float64)
+        check_close(layer.weight.grad, w.grad.permute(2, 3, 4, 1, 0).reshape(27, 3, 2), torch.float64)
+
+
+def brute_force_multiply_adds(coords: torch.Tensor, layer) -> int:
+    """Multiply-adds of one forward by enumerating every site's dense neighbourhood (sets of tuples)."""
+    sites = {tuple(c) for c in coords.tolist()}
+    cin, cout = layer.in_channels, layer.out_channels
+    if isinstance(layer, SubmanifoldConv3d):
+        products = sum((b, x + dx, y + dy, z + dz) in sites
+                       for b, x, y, z in sites for dx, dy, dz in kernel_offsets(layer.kernel_size))
+    else:  # kernel 2, stride 2, either direction: every (fine site, its parent) is one product
+        products = len(sites)
+    return products * cin * cout
+
+
+def test_multiply_adds_equal_brute_force_count():
+    coords = random_sites(17, grid=10, occupancy=0.3)
+    x = SparseTensor(coords, torch.zeros(len(coords), 2))
+    layers = [SubmanifoldConv3d(2, 5, 3), SubmanifoldConv3d(2, 5, 5), SubmanifoldConv3d(2, 5, 1), Conv3dDown(2, 3),
+              ConvTranspose3dUp(2, 3)]
+    for layer in layers:
+        given = x.at_stride(2, torch.zeros(len(x.cache.level(2).coords), 2)) if isinstance(
+            layer, ConvTranspose3dUp) else x
+        assert layer.multiply_adds(given) == brute_force_multiply_adds(coords, layer)

@@ -172,6 +172,11 @@ def test_deterministic_for_a_seed_whatever_the_workers(tmp_path, tiny_nuscenes_w
     for relative in ours:
         if relative.name == "synth_summary.json":
             continue
+        if relative.name == "synth_manifest.json":  # the fixture's lists its previews too
+            again = json.loads((tmp_path / "again" / relative).read_text())["files"]
+            first = json.loads((tiny_nuscenes_world / relative).read_text())["files"]
+            assert again == [name for name in first if not name.startswith("preview/")]
+            continue
         assert (tmp_path / "again" / relative).read_bytes() == (tiny_nuscenes_world / relative).read_bytes(), relative
     other = lidar_scan_bytes(TINY_WORLD["seed"] + 1)
     assert other != lidar_scan_bytes(TINY_WORLD["seed"])
@@ -230,11 +235,11 @@ def test_semantickitti_layout_round_trip(tiny_kitti_world, tiny_nuscenes_world, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--scenes", "0"], "--scenes must be a positive count"),
-    (["--frames", "-2"], "--frames must be a positive count"),
-    (["--image-size", "63x200"], "both sides >= 64"),
+    (["--scenes", "0"], "--scenes 0: scenes must be > 0"),
+    (["--frames", "-2"], "--frames -2: frames must be > 0"),
+    (["--image-size", "63x200"], "--image-size 63x200: image_size must be [width, height] with both sides >= 64"),
     (["--image-size", "big"], "WIDTHxHEIGHT"),
-    (["--workers", "0"], "--workers must be a positive count"),
+    (["--workers", "0"], "--workers 0: workers must be > 0"),
 ])
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, argv, message):
     code = main(["synth", "--out", str(tmp_path / "world"), "--no-progress", *argv])
@@ -247,7 +252,7 @@ def test_unwritable_or_foreign_output_is_refused(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     assert main(["synth", "--out", str(blocker / "world"), "--scenes", "1", "--frames", "1"]) != 0
-    assert "cannot create" in capsys.readouterr().err
+    assert "a_file is a file, not a folder" in capsys.readouterr().err  # checked by slidr before any work
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
@@ -272,10 +277,103 @@ def test_failure_leaves_no_complete_looking_dataset(tmp_path, monkeypatch):
     original = nuscenes_writer.write_camera
     monkeypatch.setattr(nuscenes_writer, "write_camera", failing_write_camera)
     with pytest.raises(SlidrError, match="No space left"):
-        generate_world(out, scenes=1, frames=2, image_size=(64, 64), seed=4, workers=1, show_progress=False)
+        generate_world(out, scenes=1, frames=2, image_size=(64, 64), seed=4, workers=1, show_progress=False,
+                       overwrite=True)
     assert (out / "synth_summary.json").read_text() == before  # the previous world is untouched
     fresh = tmp_path / "fresh"
     with pytest.raises(SlidrError):
         generate_world(fresh, scenes=1, frames=2, image_size=(64, 64), seed=4, workers=1, show_progress=False)
     assert not fresh.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["world"]  # no temporary folder left behind
+
+
+# --- regenerating never deletes what slidr synth did not write (issue "Trust", item 4) ----------------------------
+
+SMALL = dict(scenes=1, image_size=(64, 64), workers=1, show_progress=False, previews=False)
+
+
+def _user_things(world: Path) -> dict[str, bytes]:
+    """What a user puts into a world: an index, superpixels, runs, notes, a file inside a generated folder."""
+    things = {"index.npz": b"index", "notes.txt": b"my notes", "runs/slidr/config.yaml": b"method: slidr",
+              "superpixels/slic_n150_c6_s3/CAM_FRONT/a.png": b"png", "samples/LIDAR_TOP/README.mine": b"mine",
+              "runs/empty_folder_marker": b""}
+    for name, data in things.items():
+        (world / name).parent.mkdir(parents=True, exist_ok=True)
+        (world / name).write_bytes(data)
+    (world / "an_empty_folder_of_mine").mkdir()
+    return things
+
+
+def _manifest(world: Path) -> list[str]:
+    return json.loads((world / "synth_manifest.json").read_text())["files"]
+
+
+def test_the_manifest_lists_exactly_the_generated_files(tmp_path):
+    out = tmp_path / "world"
+    generate_world(out, frames=1, seed=3, **SMALL)
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert _manifest(out) == [name for name in files if name != "synth_manifest.json"]
+
+
+def test_an_existing_world_is_replaced_only_with_overwrite_and_user_files_stay(tmp_path, capsys):
+    out = tmp_path / "world"
+    generate_world(out, frames=2, seed=3, **SMALL)
+    old_files = set(_manifest(out))
+    things = _user_things(out)
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # without --overwrite: refused, by the function and by the command (a usage error: exit 2), nothing touched
+    with pytest.raises(SlidrError, match="already holds a synthetic world; pass --overwrite"):
+        generate_world(out, frames=1, seed=4, **SMALL)
+    assert main(["synth", "--out", str(out), "--scenes", "1", "--frames", "1", "--image-size", "64x64",
+                 "--no-progress", "--no-preview"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot
+    # with --overwrite (another seed, one frame fewer): the new world, the user's things as they were
+    assert main(["synth", "--out", str(out), "--scenes", "1", "--frames", "1", "--image-size", "64x64", "--seed",
+                 "4", "--workers", "1", "--no-progress", "--no-preview", "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "kept what slidr synth did not write" in err and "index.npz" in err and "superpixels" in err
+    for name, data in things.items():
+        assert (out / name).read_bytes() == data, name
+    assert (out / "an_empty_folder_of_mine").is_dir()
+    new_files = set(_manifest(out))
+    assert json.loads((out / "synth_summary.json").read_text())["seed"] == 4
+    for name in old_files - new_files:  # the second frame's files: the old world's own, removed
+        assert not (out / name).exists(), name
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert on_disk == new_files | set(things) | {"synth_manifest.json"}
+
+
+def test_overwrite_refuses_what_it_cannot_tell_apart(tmp_path):
+    out = tmp_path / "world"
+    generate_world(out, frames=1, seed=3, **SMALL)
+    # a file of the user's exactly where the new world writes one (not a file of the old world): refused
+    generate_world(tmp_path / "bigger", frames=2, seed=3, **SMALL)
+    in_the_way = sorted(set(_manifest(tmp_path / "bigger")) - set(_manifest(out)))[0]
+    (out / in_the_way).parent.mkdir(parents=True, exist_ok=True)
+    (out / in_the_way).write_bytes(b"mine")
+    summary = (out / "synth_summary.json").read_text()
+    with pytest.raises(SlidrError, match="files that slidr synth did not write: " + in_the_way):
+        generate_world(out, frames=2, seed=3, overwrite=True, **SMALL)
+    assert (out / in_the_way).read_bytes() == b"mine" and (out / "synth_summary.json").read_text() == summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bigger", "world"]  # no temporary folder left
+    (out / in_the_way).unlink()
+    # a manifest that is damaged, or names files outside the world, or is absent (an earlier slidr): refused
+    manifest = out / "synth_manifest.json"
+    good = manifest.read_text()
+    for text, words in (("{not json", "is damaged"),
+                        (json.dumps({"files": ["../outside.txt"]}), "outside the world")):
+        manifest.write_text(text)
+        with pytest.raises(SlidrError, match=words):
+            generate_world(out, frames=1, seed=5, overwrite=True, **SMALL)
+    manifest.unlink()
+    with pytest.raises(SlidrError, match="without a synth_manifest.json"):
+        generate_world(out, frames=1, seed=5, overwrite=True, **SMALL)
+    manifest.write_text(good)
+    # a folder that holds no world at all is never overwritten
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "chapter1.tex").write_text("precious")
+    with pytest.raises(SlidrError, match="holds no synthetic world"):
+        generate_world(foreign, frames=1, seed=3, overwrite=True, **SMALL)
+    assert (foreign / "chapter1.tex").read_text() == "precious"

@@ -65,7 +65,9 @@ def test_every_preset_matches_its_table(name):
     count = sum(p.numel() for p in model.parameters())
     assert count == expected_parameters(preset.stem, preset.planes, preset.blocks, 3, 5)
     bn_momenta = {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)}
-    assert bn_momenta == {0.05}
+    assert bn_momenta == {0.05, 0.1}  # residual blocks' own batch norms: 0.1 (tests/test_protocol.py)
+    model = build_backbone(BackboneConfig(name=name, bn_momentum=0.02, block_bn_momentum=0.3))
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)} == {0.02, 0.3}
 
 
 def test_forward_shapes_normalisation_and_backward():

@@ -55,3 +55,14 @@ def test_feature_map_is_the_normalised_patch_tokens_in_raster_order():
         expected = model.norm(tokens)[:, 1:]  # patches in raster order: (row 0: 3 patches), (row 1: 3 patches)
     assert features.shape == (2, 384, 2, 3)
     torch.testing.assert_close(features.flatten(2).transpose(1, 2), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sides_not_multiple_of_16_are_centre_padded_and_last_blocks_concatenate():
+    model = vit_small(layers=2, final_norm=False).eval()
+    image = torch.randn(1, 3, 100, 150)  # padded to 112 x 160: 6 rows above, 6 below; 5 columns left, 5 right
+    with torch.no_grad():
+        features = model.forward_features(image)
+        padded = model.block_outputs(F.pad(image, (5, 5, 6, 6)), last=2)
+    assert features.shape == (1, 768, 7, 10) and model.out_channels == 768
+    expected = torch.cat([tokens[:, 1:].transpose(1, 2).reshape(1, 384, 7, 10) for tokens in padded], dim=1)
+    torch.testing.assert_close(features, expected, rtol=0, atol=0)

@@ -69,9 +69,17 @@ def test_voxelize_edge_cases():
         voxelize(np.zeros((2, 3)), "spherical")
 
 
-def test_point_features_scale_intensity_to_unit_range():
+def test_point_features_unit_convention_scales_intensity_to_unit_range():
     points = np.array([[0, 0, 0, 255.0], [0, 0, 0, 51.0], [0, 0, 0, 0.0]], np.float32)
-    np.testing.assert_allclose(point_features(points, "nuscenes"), [[1.0], [0.2], [0.0]], rtol=1e-6)
+    np.testing.assert_allclose(point_features(points, "nuscenes", "unit"), [[1.0], [0.2], [0.0]], rtol=1e-6)
     kitti = np.array([[0, 0, 0, 0.37], [0, 0, 0, 1.2]], np.float32)
-    np.testing.assert_allclose(point_features(kitti, "semantickitti"), [[0.37], [1.0]], rtol=1e-6)
-    assert point_features(points, "nuscenes").dtype == np.float32
+    np.testing.assert_allclose(point_features(kitti, "semantickitti", "unit"), [[0.37], [1.0]], rtol=1e-6)
+    assert point_features(points, "nuscenes", "unit").dtype == np.float32
+
+
+def test_point_features_release_convention_is_the_stored_value_plus_the_loaders_offset():
+    points = np.array([[0, 0, 0, 255.0], [0, 0, 0, 51.0]], np.float32)
+    np.testing.assert_array_equal(point_features(points, "nuscenes"), [[255.0], [51.0]])
+    kitti = np.array([[0, 0, 0, 0.37], [0, 0, 0, 0.0]], np.float32)
+    np.testing.assert_allclose(point_features(kitti, "semantickitti"), [[1.37], [1.0]], rtol=1e-6)
+    assert point_features(kitti, "semantickitti").dtype == np.float32

@@ -1,8 +1,8 @@
 """``slidr demo``: SLidR end to end on the embedded synthetic world, on a CPU.
 
 Stages: (1) generate the synthetic world if absent and index it, (2) SLIC superpixels, (3) pretrain with SLidR
-and with PPKT† (small CPU configs named by ``configs/demo/demo.yaml``), (4) linear probing of SLidR, PPKT† and a randomly
-initialised network, (5) evaluation: one folder with the comparison table (markdown + JSON), the per-class bar
+and with PPKT† (the small CPU configs of the packaged ``demo/demo.yaml``), (4) linear probing of SLidR, PPKT† and a
+randomly initialised network, (5) evaluation: one folder with the comparison table (markdown + JSON), the per-class bar
 chart, the pretraining loss curves, a similarity map and a k-NN frame, and ``results.json``.
 
 Honesty rules built in: pretraining and probe training use ``train_split``, the scores are measured on
@@ -15,37 +15,37 @@ runs), so an interrupted demo resumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional
 
-from slidr.config import DemoConfig, DownstreamConfig, PretrainConfig, load_config, to_dict
-from slidr.errors import SlidrError
+from slidr.config import DemoConfig, DownstreamConfig, PretrainConfig, load_config, to_dict, with_changes
+from slidr.errors import ConfigError, SlidrError
 from slidr.utils.io import write_json
 from slidr.utils.log import logger
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo" / "demo.yaml"
+DEFAULT_CONFIG = "demo/demo.yaml"  # a packaged config
 PROBE_RUNS = ("slidr", "ppkt", "random")
 DISPLAY_NAMES = {"slidr": "SLidR", "ppkt": "PPKT†", "random": "Random init."}
 STAGES = 6
 
 
-def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Sequence[str] = (),
-             pretrain_overrides: Sequence[str] = (), probe_overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any]:
     """Run every stage into ``out`` and return what ``out/results.json`` holds.
 
     Parameters
     ----------
     out : results folder.
-    config : demo config (default ``configs/demo/demo.yaml`` of the source tree).
-    overrides : dotted overrides of the demo config (e.g. ``scenes=4``).
-    pretrain_overrides, probe_overrides : dotted overrides applied to both pretraining configs / the probe config
-        (e.g. ``trainer.epochs=1``).
+    cfg : the demo's settings (default: the packaged ``demo/demo.yaml``), e.g.
+        ``load_config(DemoConfig, "demo/demo.yaml", ["scenes=4", "pretrain.*.trainer.epochs=1"])``. The world,
+        its index and the splits of ``cfg`` replace ``data.index`` / ``data.train_split`` of its pretraining
+        configs and the data and backbone of its probe config.
     """
     start = time.perf_counter()
-    config_path = Path(config) if config is not None else DEFAULT_CONFIG
-    cfg = load_config(DemoConfig, config_path, overrides)
+    if cfg is None:
+        cfg = load_config(DemoConfig, DEFAULT_CONFIG)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -58,10 +58,9 @@ def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Se
     index_path = prepare_world(cfg)
     timings["world_s"] = time.perf_counter() - began
 
-    pretrain_cfgs = {method: load_config(PretrainConfig, config_path.parent / path,
-                                         [f"data.index={index_path}", f"data.train_split={cfg.train_split}",
-                                          *pretrain_overrides])
-                     for method, path in cfg.pretrain.items()}
+    pretrain_cfgs = {method: with_changes(pretrain_cfg, {"data.index": str(index_path),
+                                                         "data.train_split": cfg.train_split})
+                     for method, pretrain_cfg in cfg.pretrain.items()}
     began = stage(2, "superpixels")
     superpixels = compute_superpixels(index_path, pretrain_cfgs.values(), cfg.workers)
     timings["superpixels_s"] = time.perf_counter() - began
@@ -79,12 +78,10 @@ def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Se
         if name != "random" and name not in pretrained:
             continue
         began = stage(4, f"linear probing of {DISPLAY_NAMES[name]}")
-        probe_cfg = load_config(DownstreamConfig, config_path.parent / cfg.probe,
-                                [f"data.index={index_path}", f"data.train_split={cfg.train_split}",
-                                 f"data.val_split={cfg.eval_split}", f"backbone.name={backbone.name}",
-                                 f"backbone.in_channels={backbone.in_channels}", *probe_overrides])
-        probe_cfg.mode = "probe"
-        probe_cfg.pretrained = str(pretrained[name]) if name != "random" else None
+        probe_cfg = with_changes(cfg.probe, {
+            "mode": "probe", "pretrained": str(pretrained[name]) if name != "random" else None,
+            "data.index": str(index_path), "data.train_split": cfg.train_split, "data.val_split": cfg.eval_split,
+            "backbone.name": backbone.name, "backbone.in_channels": backbone.in_channels})
         evaluations[name] = probe(probe_cfg, out / f"probe-{name}")
         timings[f"probe_{name}_s"] = time.perf_counter() - began
 
@@ -92,8 +89,9 @@ def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Se
     from slidr.analysis.report import per_class_table, write_report
 
     runs = {DISPLAY_NAMES[name]: evaluation for name, evaluation in evaluations.items()}
+    protocol = probe_protocol(cfg.probe)
     report = write_report(runs, out, stem="linear_probe",
-                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split), mIoU %")
+                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split; {protocol}), mIoU %")
     curves = plot_pretraining_curves(pretrain_summaries, out / "pretraining_loss.png")
     timings["report_s"] = time.perf_counter() - began
 
@@ -108,6 +106,7 @@ def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Se
         "pretraining": {method: {key: summary.get(key) for key in
                                  ("initial_loss", "final_loss", "epoch_losses", "epochs", "scans_per_s")}
                         for method, summary in pretrain_summaries.items()},
+        "probe_protocol": protocol,
         "teacher": {"encoder": teacher.encoder,
                     "weights": teacher.weights or "none: randomly initialised, frozen (no labels, no ImageNet)"},
         "world": {"path": str(Path(cfg.world).resolve()), "scenes": cfg.scenes, "frames": cfg.frames,
@@ -123,17 +122,28 @@ def run_demo(out: str | Path, config: Optional[str | Path] = None, overrides: Se
     }
     write_json(out / "results.json", results)
     print()
+    print(f"linear probing: {protocol}")
     print(per_class_table(runs), end="")
     print(f"\nslidr demo finished in {results['wall_s']:.0f} s; results in {out.resolve()}")
     return results
 
 
+def probe_protocol(cfg: DownstreamConfig) -> str:
+    """How the demo's probe trains, in words: which of slidr's options it uses besides the paper's protocol."""
+    parts = ["training scans augmented (rotation, flips)" if cfg.data.augment.enabled else
+             "no augmentation" + (", frozen features cached" if cfg.cache_features else ""),
+             "features standardised before the linear layer" if cfg.standardize_features else "raw features",
+             f"{cfg.data.point_features} input features"]
+    paper = cfg.data.augment.enabled and not cfg.standardize_features and cfg.data.point_features == "release"
+    return "; ".join(parts) + ("" if paper else " (not the paper's probe protocol: downstream/probe_nuscenes.yaml)")
+
+
 def prepare_world(cfg: DemoConfig) -> Path:
     """Generate the world (if absent) and its index; returns the index path."""
-    from slidr.data.index import prepare_nuscenes
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
 
     world = Path(cfg.world)
-    index_path = world / "index.json"
+    index_path = world / "index.npz"
     summary_path = world / "synth_summary.json"
     if summary_path.is_file():
         _check_world_matches(cfg, json.loads(summary_path.read_text()), summary_path)
@@ -166,7 +176,7 @@ def _check_world_matches(cfg: DemoConfig, summary: dict, path: Path) -> None:
 def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[str, Any]:
     """The superpixels the pretraining configs need (resumable: finished images are skipped)."""
     from slidr.data.index import load_index
-    from slidr.data.superpixels import compute_index_superpixels, image_jobs, superpixel_dir
+    from slidr.data.superpixels import compute_index_superpixels, image_jobs, legacy_layout_is_unique, superpixel_dir
 
     index = load_index(index_path)
     reports = {}
@@ -178,27 +188,29 @@ def compute_superpixels(index_path: Path, pretrain_cfgs, workers: int) -> dict[s
         if folder.name in reports:
             continue
         jobs = image_jobs(index.samples, index.root, pretrain_cfg.data.cameras)
-        reports[folder.name] = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, workers)
+        reports[folder.name] = compute_index_superpixels(jobs, folder, sp.method, sp.n_segments, workers,
+                                                         convert_legacy=legacy_layout_is_unique(index.format))
     return {name: {key: report.get(key) for key in ("images", "computed", "segments_min", "segments_median",
                                                     "segments_max")} for name, report in reports.items()}
 
 
 def pretrain(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict]:
     """Pretrain into ``run_dir`` unless it already holds the exported file; returns it and the run's summary."""
-    from slidr.methods.checkpoint import CHECKPOINT_DIR, EXPORT_NAME, latest_checkpoint
+    from slidr.engine.checkpoint import CHECKPOINT_DIR, EXPORT_NAME, latest_checkpoint
     from slidr.methods.pretrain import run_pretraining
 
     exported, summary_path = run_dir / EXPORT_NAME, run_dir / "summary.json"
     if exported.is_file() and summary_path.is_file():
         logger.info("reusing %s", exported)
     else:
-        run_pretraining(cfg, run_dir, resume=latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None)
+        with _reused_run(run_dir):
+            run_pretraining(cfg, run_dir, resume=latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None)
     return exported, json.loads(summary_path.read_text())
 
 
 def probe(cfg: DownstreamConfig, run_dir: Path) -> dict:
     """Linear probing into ``run_dir`` unless it already holds an evaluation; returns the evaluation."""
-    from slidr.methods.checkpoint import CHECKPOINT_DIR, latest_checkpoint
+    from slidr.engine.checkpoint import CHECKPOINT_DIR, latest_checkpoint
     from slidr.methods.downstream import run_downstream
 
     evaluation_path = run_dir / "evaluation.json"
@@ -206,7 +218,21 @@ def probe(cfg: DownstreamConfig, run_dir: Path) -> dict:
         logger.info("reusing %s", evaluation_path)
         return json.loads(evaluation_path.read_text())
     resume = latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    return run_downstream(cfg, run_dir, resume=resume)["evaluation"]
+    with _reused_run(run_dir):
+        return run_downstream(cfg, run_dir, resume=resume)["evaluation"]
+
+
+@contextlib.contextmanager
+def _reused_run(run_dir: Path) -> Iterator[None]:
+    """An interrupted run of an earlier demo is continued only with its own settings: say how to start it again."""
+    from slidr.engine.checkpoint import ResumeConflict
+
+    try:
+        yield
+    except ResumeConflict as error:
+        raise ConfigError(f"{run_dir} holds an interrupted run of an earlier demo with other settings (" + ", ".join(
+            f"{key}: {old!r} there, {new!r} now" for key, (old, new) in error.changes.items()) + f"); delete {run_dir} "
+            "to start it again with the new ones", key=error.key) from None
 
 
 def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:

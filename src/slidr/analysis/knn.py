@@ -13,7 +13,6 @@ written as JSON.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,9 @@ import torch
 from scipy.spatial import cKDTree
 
 from slidr.analysis.similarity import denormalize_image
+from slidr.config import KNN_CLASSES, with_changes
 
-DEFAULT_CLASSES = ("vegetation", "car", "pedestrian")
+DEFAULT_CLASSES = KNN_CLASSES
 # RGB in [0, 1]; classes not listed are drawn in the next free colour of _EXTRA_COLOURS.
 CLASS_COLOURS = {"car": (1.0, 0.0, 0.0), "pedestrian": (0.0, 0.3, 1.0), "person": (0.0, 0.3, 1.0),
                  "vegetation": (0.0, 0.85, 0.0)}
@@ -231,29 +231,23 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     """
     from slidr.data.classes import class_names
     from slidr.data.datasets import DownstreamDataset, PretrainDataset
-    from slidr.data.index import load_index
-    from slidr.methods.checkpoint import load_backbone
+    from slidr.data.index import index_dataset, load_index
+    from slidr.engine.checkpoint import load_backbone, load_pretraining_export
+    from slidr.errors import SlidrError
     from slidr.models.unet import build_backbone
     from slidr.utils.io import write_json
-    from slidr.errors import SlidrError
     from slidr.utils.progress import progress
 
     start = time.perf_counter()
-    payload = torch.load(pretrained, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "config" not in payload:
-        raise SlidrError(f"{pretrained} is not an exported pretraining file (no config)")
-    from slidr.config import PretrainConfig, from_dict
-
-    cfg = from_dict(PretrainConfig, payload["config"], where=f"{pretrained}: config")
+    _, cfg = load_pretraining_export(pretrained, "knn")
     model = build_backbone(cfg.backbone)
     load_backbone(pretrained, model, None)
     model.eval()
 
-    data_cfg = copy.deepcopy(cfg.data)
-    data_cfg.index = index or data_cfg.index
-    data_cfg.augment.enabled = False
-    data_cfg.superpixels.method = "none"
+    data_cfg = with_changes(cfg.data, {"index": index or cfg.data.index, "augment.enabled": False,
+                                       "superpixels.method": "none"})
     dataset_index = load_index(data_cfg.index)
+    data_cfg = with_changes(data_cfg, {"dataset": index_dataset(dataset_index, "slidr knn")})
     names = class_names(data_cfg.dataset)
     unknown = [name for name in classes if name not in names]
     if unknown:
@@ -268,7 +262,7 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
         raise SlidrError(f"scene {scene!r} is not in {data_cfg.index}")
     has_camera = camera is not None and camera in (dataset_index.samples[0].get("cameras") or {})
     if has_camera:
-        data_cfg.cameras = [camera]
+        data_cfg = with_changes(data_cfg, {"cameras": [camera]})
         dataset = PretrainDataset(dataset_index, None, data_cfg, train=False)
     else:
         dataset = DownstreamDataset(dataset_index, None, data_cfg, train=False)

@@ -25,8 +25,15 @@ def load_evaluation(path: str | Path) -> dict:
     SlidrError
         Missing file, or a JSON without ``miou`` / ``per_class``.
     """
+    from slidr.engine.checkpoint import EXPORT_NAME, describe_folder, folder_kind
+    from slidr.errors import UsageError
+
     path = Path(path)
     if path.is_dir():
+        if folder_kind(path) == "pretraining":
+            raise UsageError(f"{path} is {describe_folder(path)}, which has no evaluation; slidr report needs "
+                             f"evaluated runs: probe it first (slidr probe --pretrained {path / EXPORT_NAME} --out "
+                             "DIR)")
         path = path / "evaluation.json"
     if not path.is_file():
         raise SlidrError(f"{path} does not exist; run `slidr evaluate` (or probe / finetune) first")

@@ -8,7 +8,6 @@ and the 3D features of the other points that project into that image. Both are d
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Optional
@@ -16,7 +15,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from slidr.errors import SlidrError
+from slidr.config import with_changes
+from slidr.errors import SlidrError, UsageError
 
 
 def cosine_similarity_maps(query: torch.Tensor, pixel_features: torch.Tensor,
@@ -135,16 +135,15 @@ def load_pretrained_networks(pretrained: str | Path, voxel_cfg=None) -> tuple[An
         The file is not an exported pretraining of an image-to-lidar method, or the teacher's encoder cannot be
         restored (a randomly initialised teacher that was not saved).
     """
-    from slidr.config import PretrainConfig, from_dict
-    from slidr.methods.checkpoint import load_backbone
+    from slidr.engine.checkpoint import load_backbone, load_pretraining_export
     from slidr.models.image import build_image_model
     from slidr.models.unet import build_backbone
 
-    payload = torch.load(pretrained, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "config" not in payload or not payload.get("model_images_head"):
-        raise SlidrError(f"{pretrained} is not the exported file of an image-to-lidar pretraining (slidr, ppkt): "
-                         "the similarity with image features needs the trained image head")
-    cfg = from_dict(PretrainConfig, payload["config"], where=f"{pretrained}: config")
+    payload, cfg = load_pretraining_export(pretrained, "similarity")
+    if not payload.get("model_images_head"):
+        raise UsageError(f"{pretrained} is the pretraining of {cfg.method}, which has no image head; slidr "
+                         "similarity needs an image-to-lidar pretraining (slidr, ppkt): the similarity with image "
+                         "features needs the trained image head")
     model_points = build_backbone(cfg.backbone)
     load_backbone(pretrained, model_points, voxel_cfg)
     encoder_state = payload.get("model_images_encoder")
@@ -185,17 +184,16 @@ def similarity_figure(pretrained: str | Path, out: str | Path, *, index: Optiona
     """
     from slidr.data.classes import class_names
     from slidr.data.datasets import PretrainDataset
-    from slidr.data.index import load_index
+    from slidr.data.index import index_dataset, load_index
 
     payload_cfg, model_points, model_images = load_pretrained_networks(pretrained)
-    data_cfg = copy.deepcopy(payload_cfg.data)
-    data_cfg.index = index or data_cfg.index
-    data_cfg.augment.enabled = False
-    data_cfg.superpixels.method = "none"  # not needed here
+    data_cfg = with_changes(payload_cfg.data, {"index": index or payload_cfg.data.index, "augment.enabled": False,
+                                               "superpixels.method": "none"})  # superpixels: not needed here
     dataset_index = load_index(data_cfg.index)
+    data_cfg = with_changes(data_cfg, {"dataset": index_dataset(dataset_index, "slidr similarity")})
     if not 0 <= sample < len(dataset_index):
         raise SlidrError(f"sample {sample} is out of range: {data_cfg.index} has {len(dataset_index)} samples")
-    data_cfg.cameras = [camera or data_cfg.cameras[0]]
+    data_cfg = with_changes(data_cfg, {"cameras": [camera or data_cfg.cameras[0]]})
     dataset = PretrainDataset(dataset_index, None, data_cfg, train=False)
     item = int(np.flatnonzero(dataset.positions == sample)[0])
     scan = dataset[item]

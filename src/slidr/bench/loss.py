@@ -12,37 +12,62 @@ which every implementation must write; the JSON also gives the memory beyond the
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from slidr.bench import BenchResult, peak_memory_mb, time_call
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, peak_memory_mb, resolve_device, time_call
+from slidr.cli.settings import CommandSettings, Flag
+from slidr.config import at_least, setting, subkey
 from slidr.methods.losses import info_nce, superpixel_infonce
 
 NAME = "loss"
 HELP = "SLidR superpixel loss vs the authors' sparse one-hot formulation: time and memory"
 
 
+@dataclass(frozen=True)
+class LossBenchConfig(DeviceSetting):
+    """``slidr bench loss``: the size of the batch the two loss formulations are timed on."""
+
+    scans: int = setting(4, help="scans per batch")
+    cameras: int = setting(6, help="images per scan")
+    height: int = setting(224, help="image height")
+    width: int = setting(416, help="image width")
+    channels: int = setting(64, help="feature channels")
+    points: int = setting(30_000, help="points per scan")
+    superpixels: int = setting(150, help="superpixels per image")
+    repeats: int = setting(3, help="timed runs per measurement (median)")
+    threads: Optional[int] = setting(None, help="torch CPU threads (default: torch's)")
+    seed: int = setting(0, help="seed of the random batch")
+
+    def validate(self, where: str) -> None:
+        for name in ("scans", "cameras", "channels", "points", "superpixels", "repeats"):
+            at_least(getattr(self, name), 1, subkey(where, name))
+        at_least(self.height, 8, subkey(where, "height"))
+        at_least(self.width, 8, subkey(where, "width"))
+        if self.threads is not None:
+            at_least(self.threads, 1, subkey(where, "threads"))
+        at_least(self.seed, 0, subkey(where, "seed"))
+
+
+SETTINGS = CommandSettings(LossBenchConfig, flags=[Flag(name) for name in (
+    "scans", "cameras", "height", "width", "channels", "points", "superpixels", "repeats", "threads", "seed")]
+    + [DEVICE_FLAG])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scans", type=int, default=4, help="scans per batch (default 4)")
-    parser.add_argument("--cameras", type=int, default=6, help="images per scan (default 6)")
-    parser.add_argument("--height", type=int, default=224)
-    parser.add_argument("--width", type=int, default=416)
-    parser.add_argument("--channels", type=int, default=64)
-    parser.add_argument("--points", type=int, default=30_000, help="points per scan (default 30000)")
-    parser.add_argument("--superpixels", type=int, default=150, help="superpixels per image (default 150)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    SETTINGS.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> BenchResult:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    batch = make_batch(args, device)
-    num_labels = args.superpixels  # ids are < this in every image (the release's "superpixel_size")
+    cfg: LossBenchConfig = args.settings
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    batch = make_batch(cfg, device)
+    num_labels = cfg.superpixels  # ids are < this in every image (the release's "superpixel_size")
 
     def slidr_loss():
         return superpixel_infonce(batch["point_features"], batch["pairing_images"], batch["pixel_features"],
@@ -63,14 +88,15 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     rows, data = [], {}
     for name, fn in (("slidr", slidr_loss), ("onehot", onehot_loss)):
-        forward = _synchronized(fn, device)
-        forward_backward = _synchronized(lambda fn=fn: _backward(fn, batch), device)
-        forward_s = time_call(forward, repeats=args.repeats)
-        forward_backward_s = time_call(forward_backward, repeats=args.repeats)
+        def forward_backward(fn=fn):
+            _backward(fn, batch)
+
+        forward_s = time_call(fn, repeats=cfg.repeats, device=device)
+        forward_backward_s = time_call(forward_backward, repeats=cfg.repeats, device=device)
         _clear_grads(batch)
-        forward_mb = peak_memory_mb(forward)
+        forward_mb = peak_memory_mb(fn, device)
         _clear_grads(batch)
-        forward_backward_mb = peak_memory_mb(forward_backward)
+        forward_backward_mb = peak_memory_mb(forward_backward, device)
         data[f"{name}_forward_ms"] = round(forward_s * 1000, 1)
         data[f"{name}_ms"] = round(forward_backward_s * 1000, 1)
         data[f"{name}_forward_peak_mb"] = round(forward_mb, 1)
@@ -93,7 +119,7 @@ def run(args: argparse.Namespace) -> BenchResult:
         input_grads_mb=round(input_grads_mb, 1),
         slidr_beyond_grads_mb=round(data["slidr_peak_mb"] - input_grads_mb, 1),
         onehot_beyond_grads_mb=round(data["onehot_peak_mb"] - input_grads_mb, 1),
-        settings={key: getattr(args, key) for key in ("scans", "cameras", "height", "width", "channels", "points",
+        settings={key: getattr(cfg, key) for key in ("scans", "cameras", "height", "width", "channels", "points",
                                                       "superpixels", "repeats", "threads", "seed")},
         device=str(device),
     )
@@ -139,26 +165,26 @@ def onehot_reference(point_features, pairing_images, pixel_features, superpixels
     return info_nce(superpoints[kept], superpixel_means[kept], 0.07)
 
 
-def make_batch(args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(cfg: LossBenchConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """Random features, Voronoi superpixels and lidar-like pairings of the benchmark's size."""
-    generator = torch.Generator().manual_seed(args.seed)
-    num_images = args.scans * args.cameras
+    generator = torch.Generator().manual_seed(cfg.seed)
+    num_images = cfg.scans * cfg.cameras
     superpixels = torch.stack(
-        [voronoi_superpixels(args.height, args.width, args.superpixels, generator) for _ in range(num_images)]
+        [voronoi_superpixels(cfg.height, cfg.width, cfg.superpixels, generator) for _ in range(num_images)]
     )
     # each point is seen by one camera of its scan (70% of points fall in some image, as with cropped views);
     # rows are drawn in the lower 60% of the image, where the lidar returns are
-    points_in_view = int(args.points * 0.7)
+    points_in_view = int(cfg.points * 0.7)
     pairs = []
-    for scan in range(args.scans):
-        camera = torch.randint(0, args.cameras, (points_in_view,), generator=generator)
-        row = (args.height * (0.4 + 0.6 * torch.rand(points_in_view, generator=generator))).long()
-        col = torch.randint(0, args.width, (points_in_view,), generator=generator)
-        pairs.append(torch.stack([scan * args.cameras + camera, row.clamp(max=args.height - 1), col], dim=1))
+    for scan in range(cfg.scans):
+        camera = torch.randint(0, cfg.cameras, (points_in_view,), generator=generator)
+        row = (cfg.height * (0.4 + 0.6 * torch.rand(points_in_view, generator=generator))).long()
+        col = torch.randint(0, cfg.width, (points_in_view,), generator=generator)
+        pairs.append(torch.stack([scan * cfg.cameras + camera, row.clamp(max=cfg.height - 1), col], dim=1))
     pairing_images = torch.cat(pairs)
-    point_features = F.normalize(torch.randn(len(pairing_images), args.channels, generator=generator), dim=1)
+    point_features = F.normalize(torch.randn(len(pairing_images), cfg.channels, generator=generator), dim=1)
     pixel_features = F.normalize(
-        torch.randn(num_images, args.channels, args.height, args.width, generator=generator), dim=1
+        torch.randn(num_images, cfg.channels, cfg.height, cfg.width, generator=generator), dim=1
     )
     return {
         "point_features": point_features.to(device).requires_grad_(),
@@ -185,13 +211,3 @@ def _backward(fn, batch):
 def _clear_grads(batch):
     batch["point_features"].grad = None
     batch["pixel_features"].grad = None
-
-
-def _synchronized(fn, device):
-    def call():
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return result
-
-    return call

@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-from slidr.bench import BenchResult
+from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, cpu_only_notes
+from slidr.cli.settings import CommandSettings, Flag
+from slidr.config import SuperpixelConfig, at_least, setting, subkey
 from slidr.errors import SlidrError
 
 NAME = "superpixels"
@@ -19,19 +23,38 @@ NUSCENES_CAMERA_IMAGES = 204_894
 
 
 def default_realdata() -> Path:
-    """``$SLIDR_REALDATA``, else the ``shared/realdata`` folder beside the repository (an editable install)."""
+    """``$SLIDR_REALDATA``, else the first ``shared/realdata`` folder found in the working directory or one of its
+    parents (a clone beside ``shared/``), else ``shared/realdata`` (relative: the error then says where it looked)."""
     if os.environ.get("SLIDR_REALDATA"):
         return Path(os.environ["SLIDR_REALDATA"])
-    return Path(__file__).resolve().parents[3].parent / "shared" / "realdata"
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "shared" / "realdata").is_dir():
+            return folder / "shared" / "realdata"
+    return Path("shared") / "realdata"
+
+
+@dataclass(frozen=True)
+class SuperpixelBenchConfig(DeviceSetting):
+    """``slidr bench superpixels``: which images are segmented, how and how often."""
+
+    images: Optional[str] = setting(
+        None, help="folder holding CAM_*/ folders of camera images (default: the real nuScenes keyframe, "
+                   "<realdata>/nuscenes-keyframe/samples)")
+    superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    copies: int = setting(1, help="segment each image this many times (steadier rates)")
+
+    def validate(self, where: str) -> None:
+        at_least(self.copies, 1, subkey(where, "copies"))
+
+
+SETTINGS = CommandSettings(SuperpixelBenchConfig, flags=[
+    Flag("images"), Flag("superpixels.method", choices=("slic", "fh")), Flag("superpixels.n_segments"),
+    Flag("copies"), DEVICE_FLAG])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", default=None,
-                        help="folder holding CAM_*/ folders of camera images (default: the real nuScenes keyframe, "
-                             "<realdata>/nuscenes-keyframe/samples)")
-    parser.add_argument("--method", choices=("slic", "fh"), default="slic")
-    parser.add_argument("--n-segments", type=int, default=150)
-    parser.add_argument("--copies", type=int, default=1, help="segment each image this many times (steadier rates)")
+    SETTINGS.add_arguments(parser)
 
 
 def find_camera_images(folder: str | Path | None) -> list[Path]:
@@ -49,15 +72,17 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     from slidr.data.superpixels import SuperpixelJob, compute_index_superpixels, method_key
 
-    images = find_camera_images(args.images)
+    cfg: SuperpixelBenchConfig = args.settings
+    method, n_segments = cfg.superpixels.method, cfg.superpixels.n_segments
+    images = find_camera_images(cfg.images)
     jobs = [SuperpixelJob(path.parent.name, f"{path.stem}_{copy}{path.suffix}", path)
-            for copy in range(max(1, args.copies)) for path in images]
+            for copy in range(cfg.copies) for path in images]
     with Image.open(images[0]) as first:
         size = f"{first.width}x{first.height}"
-    rows, data = [], {"images": len(jobs), "image_size": size, "method": method_key(args.method, args.n_segments)}
+    rows, data = [], {"images": len(jobs), "image_size": size, "method": method_key(method, n_segments)}
     with tempfile.TemporaryDirectory(prefix="slidr-bench-superpixels-") as tmp:
         for workers in (1, 2):
-            report = compute_index_superpixels(jobs, Path(tmp) / f"workers{workers}", args.method, args.n_segments,
+            report = compute_index_superpixels(jobs, Path(tmp) / f"workers{workers}", method, n_segments,
                                                workers=workers, show_progress=False)
             rate = report["images_per_s"]
             hours = NUSCENES_CAMERA_IMAGES / rate / 3600
@@ -68,6 +93,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             data.update(segments_min=report["segments_min"], segments_median=report["segments_median"],
                         segments_max=report["segments_max"])
     data["speedup_2_workers"] = round(data["images_per_s_2"] / data["images_per_s_1"], 3)
+    data["device"] = "cpu"
     notes = [f"{len(jobs)} images of {size}; projected hours are for nuScenes' {NUSCENES_CAMERA_IMAGES:,} camera "
              f"images on this machine; segments per image: {data['segments_min']}-{data['segments_max']}"]
+    notes += cpu_only_notes(cfg.device, "superpixels are computed by scikit-image in worker processes")
     return BenchResult(rows, data, notes)

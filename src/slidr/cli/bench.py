@@ -9,9 +9,11 @@ import platform
 import time
 
 import slidr.bench
+from slidr.cli.settings import Output
 
 NAME = "bench"
 HELP = "run a benchmark: prints a table and writes JSON (--json FILE)"
+OUTPUTS = [Output("--json", "file")]
 
 
 def bench_modules():
@@ -39,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = args._bench.run(args)
     print(format_table(result.rows))
+    for title, table in result.tables.items():
+        print(f"\n{title}")
+        print(format_table(table))
     for note in result.notes:
         print(f"note: {note}")
     if args.json:

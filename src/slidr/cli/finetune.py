@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.cli.probe import add_arguments as _shared_arguments
-from slidr.cli.probe import run_mode
+from slidr.cli import probe
+from slidr.cli.probe import add_shared_arguments, downstream_settings, run_mode
 
 NAME = "finetune"
 HELP = "fine-tuning: whole 3D network + classifier (CE + Lovasz), evaluate (mIoU)"
+SETTINGS = downstream_settings(NAME)
+OUTPUTS = probe.OUTPUTS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _shared_arguments(parser)
+    add_shared_arguments(parser, SETTINGS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from slidr.cli.settings import CommandSettings, Flag, Output
+from slidr.config import InspectConfig
+
 NAME = "inspect"
 HELP = "print points, voxels, pairs per camera, superpixels per image and the label histogram of one sample"
+SETTINGS = CommandSettings(InspectConfig, flags=[
+    Flag("index"),
+    Flag("sample", metavar="K"),
+    Flag("superpixels", metavar="KEY"),
+    Flag("superpixel_root"),
+])
+OUTPUTS = [Output("--json", "file")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--index", required=True, help="index file written by `slidr prepare`")
-    parser.add_argument("--sample", required=True, metavar="K", help="sample position (0-based) or token")
-    parser.add_argument("--superpixels", default=None, metavar="KEY",
-                        help="superpixel variant folder, e.g. slic_n150_c6_s3 (default: SLIC 150 if computed, "
-                             "else the first computed variant)")
-    parser.add_argument("--superpixel-root", default=None, help="folder of the superpixel variants "
-                        "(default: <index folder>/superpixels)")
+    SETTINGS.add_arguments(parser)
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON to FILE")
 
 
@@ -23,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from slidr.data.index import load_index
     from slidr.utils.io import write_json
 
-    index = load_index(args.index)
-    report = inspect_sample(index, args.sample, args.superpixels, args.superpixel_root)
+    cfg: InspectConfig = args.settings
+    index = load_index(cfg.index)
+    report = inspect_sample(index, cfg.sample, cfg.superpixels, cfg.superpixel_root)
     _print_report(report)
     if args.json:
         write_json(args.json, report)
@@ -34,18 +39,41 @@ def run(args: argparse.Namespace) -> int:
 
 def find_sample(index, key: str) -> int:
     """Position of sample ``key`` (a position or a token) in ``index``."""
-    from slidr.errors import SlidrError
+    from slidr.errors import UsageError
 
     if key.lstrip("-").isdigit():
         position = int(key)
         if not 0 <= position < len(index.samples):
-            raise SlidrError(f"--sample {key}: the index has {len(index.samples)} samples "
+            raise UsageError(f"--sample {key}: the index has {len(index.samples)} samples "
                              f"(0..{len(index.samples) - 1})")
         return position
     tokens = index.samples.column("token")
     if key not in tokens:
-        raise SlidrError(f"--sample {key}: no sample with this token in {index.path}")
+        raise UsageError(f"--sample {key}: no sample with this token in {index.path}")
     return tokens.index(key)
+
+
+def no_camera_reason(index, sample) -> str:
+    """Why a sample has no camera in the index (what ``slidr prepare`` did not find), in a few words."""
+    if index.format != "semantickitti":
+        return "the index holds no camera for this sample"
+    lidar = index.resolve(sample["lidar"])
+    sequence = lidar.parent.parent
+    calib = sequence / "calib.txt"
+    image = sequence / "image_2" / f"{lidar.stem}.png"
+    keys = set()
+    if calib.is_file():
+        keys = {line.split(":", 1)[0].strip() for line in calib.read_text(errors="replace").splitlines() if ":" in line}
+    missing = []
+    if not calib.is_file():
+        missing.append(f"{calib} does not exist")
+    elif "P2" not in keys:
+        missing.append(f"{calib} has no P2 (the image_2 camera's projection)")
+    if not image.is_file():
+        missing.append(f"{image} does not exist")
+    if not missing:
+        return "the index was prepared before the image and calibration were there: run slidr prepare again"
+    return "SemanticKITTI pairs need the sequence's calib.txt (P2, Tr) and image_2/<frame>.png: " + "; ".join(missing)
 
 
 def inspect_sample(index, key: str, superpixel_key: str | None = None, superpixel_root: str | None = None) -> dict:
@@ -54,8 +82,8 @@ def inspect_sample(index, key: str, superpixel_key: str | None = None, superpixe
 
     from slidr.config import VoxelConfig
     from slidr.data.classes import class_names
-    from slidr.data.index import load_scan
     from slidr.data.projection import project_to_cameras
+    from slidr.data.scans import load_scan
     from slidr.data.voxelize import voxelize
 
     position = find_sample(index, key)
@@ -80,6 +108,8 @@ def inspect_sample(index, key: str, superpixel_key: str | None = None, superpixe
         "azimuth_step_deg": voxel.azimuth_step_deg,
         "pairs_per_camera": {channel: int(count) for channel, count in zip(channels, pairs)},
     }
+    if not channels:
+        report["no_camera_reason"] = no_camera_reason(index, sample)
     report.update(_superpixels(index, sample, channels, superpixel_key, superpixel_root))
     if scan.labels is not None:
         names = ("ignore",) + class_names(index.format)
@@ -99,12 +129,15 @@ def _superpixels(index, sample, channels, key, root) -> dict:
     if not folders:
         return {"superpixel_method": None, "superpixels_per_image": {}}
     folder = folders[0]
-    counts = {}
+    counts, missing = {}, {}
     for channel in channels:
-        path = superpixels.superpixel_path(folder, channel, sample["cameras"][channel]["image"])
-        if path.is_file():
+        image = sample["cameras"][channel]["image"]
+        path = superpixels.find_superpixel_file(folder, channel, image, index.format)
+        if path is not None:
             counts[channel] = superpixels.read_segment_count(path)
-    return {"superpixel_method": folder.name, "superpixels_per_image": counts}
+        else:
+            missing[channel] = str(superpixels.superpixel_path(folder, image))  # where slidr superpixels writes it
+    return {"superpixel_method": folder.name, "superpixels_per_image": counts, "superpixels_missing": missing}
 
 
 def _print_report(report: dict) -> None:
@@ -114,12 +147,18 @@ def _print_report(report: dict) -> None:
     voxels = report["num_voxels"]
     print(f"  voxels: {voxels['cylindrical']} cylindrical, {voxels['cartesian']} cartesian "
           f"(size {report['voxel_size']} m, azimuth {report['azimuth_step_deg']} deg)")
-    print("  pairs per camera: " + (", ".join(f"{c} {n}" for c, n in report["pairs_per_camera"].items()) or "none"))
+    pairs = ", ".join(f"{c} {n}" for c, n in report["pairs_per_camera"].items())
+    print(f"  pairs per camera: {pairs or 'none (' + report.get('no_camera_reason', 'no camera') + ')'}")
     if report["superpixel_method"] is None:
-        print("  superpixels: not computed (run `slidr superpixels --index ...`)")
+        print(f"  superpixels: not computed (run `slidr superpixels --index {report['index']}`)")
     else:
-        print(f"  superpixels per image ({report['superpixel_method']}): "
-              + (", ".join(f"{c} {n}" for c, n in report["superpixels_per_image"].items()) or "none found"))
+        found = ", ".join(f"{c} {n}" for c, n in report["superpixels_per_image"].items())
+        missing = report.get("superpixels_missing") or {}
+        if missing:
+            first = next(iter(missing.values()))
+            found += ("; " if found else "") + (f"missing for {', '.join(missing)} (e.g. {first}; run `slidr "
+                                                f"superpixels --index {report['index']}` to complete them)")
+        print(f"  superpixels per image ({report['superpixel_method']}): {found or 'none found'}")
     if "label_histogram" in report:
         print("  labels: " + ", ".join(f"{name} {n}" for name, n in report["label_histogram"].items() if n))
     else:

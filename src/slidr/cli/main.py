@@ -10,17 +10,24 @@ from types import ModuleType
 
 import slidr.cli
 from slidr import __version__
-from slidr.errors import SlidrError
+from slidr.errors import SlidrError, UsageError
 from slidr.utils.log import logger, setup_logging
+
+# exit codes: the command line is wrong / the work failed / interrupted (documented in slidr.errors and README)
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
 
 
 def command_modules() -> list[ModuleType]:
-    """The subcommand modules, sorted by name."""
+    """The subcommand modules (those defining ``NAME`` and ``run``), sorted by name."""
     modules = []
     for info in pkgutil.iter_modules(slidr.cli.__path__):
         if info.name.startswith("_") or info.name == "main":
             continue
-        modules.append(importlib.import_module(f"slidr.cli.{info.name}"))
+        module = importlib.import_module(f"slidr.cli.{info.name}")
+        if hasattr(module, "NAME") and hasattr(module, "run"):
+            modules.append(module)
     return sorted(modules, key=lambda module: module.NAME)
 
 
@@ -35,25 +42,39 @@ def build_parser() -> argparse.ArgumentParser:
     for module in command_modules():
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _outputs=getattr(module, "OUTPUTS", []))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``slidr`` with ``argv``; returns the exit code (0 done, 1 the work failed, 2 the command line is wrong,
+    130 interrupted). Errors are one line on stderr, never a traceback (``-v`` adds it for unexpected ones)."""
+    from slidr.cli.settings import check_outputs, prepare_settings
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # parse_known_args: KEY=VALUE overrides after an option are left over by argparse, and placed here
+    args, extras = parser.parse_known_args(argv)
     if args.command is None:
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     setup_logging(args.verbose)
     try:
+        if prepare_settings(args, extras, parser):
+            return 0
+        check_outputs(args, args._outputs)
         return int(args._run(args) or 0)
     except SlidrError as error:
         logger.error("%s: error: %s", args.command, error)
-        return 2
+        return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILURE
+    except OSError as error:  # a file operation slidr does not wrap: still one line naming the file
+        logger.debug("traceback", exc_info=True)
+        logger.error("%s: error: %s", args.command, error)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         logger.error("%s: interrupted", args.command)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from slidr.cli.settings import Output
+
 NAME = "report"
 HELP = "put evaluated runs side by side: per-class table (markdown + JSON) and grouped bar chart"
+OUTPUTS = [Output("--out", "folder")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,48 +4,42 @@ from __future__ import annotations
 
 import argparse
 
-from slidr.errors import SlidrError
+from slidr.cli.settings import CommandSettings, Flag, Output, parse_size
+from slidr.config import SynthConfig
 
 NAME = "synth"
 HELP = "generate a synthetic driving world (lidar + 6 cameras + labels) in nuScenes or SemanticKITTI layout"
-
-
-def parse_image_size(text: str) -> tuple[int, int]:
-    """``"800x450"`` -> ``(800, 450)``; a clear error otherwise."""
-    width, sep, height = text.lower().partition("x")
-    try:
-        if not sep:
-            raise ValueError
-        return int(width), int(height)
-    except ValueError:
-        raise SlidrError(f"--image-size must look like WIDTHxHEIGHT (e.g. 800x450), got {text!r}") from None
+SETTINGS = CommandSettings(SynthConfig, flags=[
+    Flag("scenes"),
+    Flag("frames"),
+    Flag("image_size", metavar="WxH", parse=parse_size,
+         help="camera image size (default 800x450; 1600x900 is nuScenes' own)"),
+    Flag("seed"),
+    Flag("workers"),
+    Flag("format"),
+    Flag("version"),
+    Flag("previews", option="--no-preview", negate=True, help="do not write the preview pictures"),
+], required=["--out"])
+OUTPUTS = [Output("--out", "folder")]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="dataset folder to create (replaces a previous synthetic "
-                                                     "world there; refuses any other non-empty folder)")
-    parser.add_argument("--scenes", type=int, default=10, help="number of scenes (default 10)")
-    parser.add_argument("--frames", type=int, default=10, help="keyframes per scene, at 2 Hz (default 10)")
-    parser.add_argument("--image-size", default="800x450", metavar="WxH",
-                        help="camera image size (default 800x450; 1600x900 is nuScenes' own)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same dataset (default 0)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes rendering in parallel (default: one per CPU core)")
-    parser.add_argument("--format", dest="fmt", choices=("nuscenes", "semantickitti"), default="nuscenes",
-                        help="on-disk layout (default nuscenes)")
-    parser.add_argument("--version", default="v1.0-trainval",
-                        help="nuScenes version folder name (default v1.0-trainval)")
-    parser.add_argument("--no-preview", action="store_true", help="do not write the preview pictures")
+    parser.add_argument("--out", help="dataset folder to create: absent or empty, or with --overwrite a folder "
+                                      "holding a world of slidr synth (required)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the world in --out: only the files slidr synth wrote there (listed in its "
+                             "synth_manifest.json) are removed or replaced; your own files stay")
+    SETTINGS.add_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from slidr.data.synth import generate_world
 
-    summary = generate_world(args.out, scenes=args.scenes, frames=args.frames,
-                             image_size=parse_image_size(args.image_size), seed=args.seed, workers=args.workers,
-                             fmt=args.fmt, version=args.version, show_progress=not args.no_progress,
-                             previews=not args.no_preview)
+    cfg: SynthConfig = args.settings
+    summary = generate_world(args.out, scenes=cfg.scenes, frames=cfg.frames, image_size=tuple(cfg.image_size),
+                             seed=cfg.seed, workers=cfg.workers, fmt=cfg.format, version=cfg.version,
+                             show_progress=not args.no_progress, previews=cfg.previews, overwrite=args.overwrite)
     print(f"wrote {summary['scenes']} scenes, {summary['samples']} samples ({summary['format']}) to {args.out} "
           f"in {summary['seconds']:.1f} s")
     print(f"points per scan: {summary['points_per_scan']:.0f}; lidar points per camera image: "

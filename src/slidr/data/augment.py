@@ -16,8 +16,12 @@ Pixel geometry: pixel (r, c) covers [r, r+1) x [c, c+1). A box (top, left, heigh
 the centre of r; output row R samples (nearest neighbour) source row top + floor((R + 0.5) * height / H_out).
 Both are computed in integer arithmetic, so they are exact.
 
-Degenerate inputs never hang: cuboid and crop draws are retried at most ``max_tries`` times, then the scan is kept
-whole (cuboid) or the whole image is resized (crop); the result says so, and the datasets count it.
+Defaults follow the authors' release (``AugmentConfig``): a cuboid of up to 20% of each axis' range, refused when a
+camera would keep fewer than 1,024 pairs; crops accepted with more than 1,024 pairs or 75% of them.
+
+Degenerate inputs never hang: cuboids are drawn at most ``cuboid_tries`` times (the release: once), then the scan
+is kept whole; crops at most ``max_tries`` times, then the whole image is resized; the result says so, and the
+datasets count it.
 """
 
 from __future__ import annotations
@@ -62,34 +66,62 @@ def rotate_flip_points(xyz: np.ndarray, rng: np.random.Generator, rotate: bool =
 
 
 def draw_cuboid_drop(xyz: np.ndarray, pairing_points: np.ndarray, rng: np.random.Generator,
-                     max_fraction: float = 0.1, min_pairs: int = 1024, max_tries: int = 10
+                     max_fraction: float = 0.2, min_pairs: int = 1024, max_tries: int = 1,
+                     pairing_cameras: Optional[np.ndarray] = None, num_cameras: int = 0
                      ) -> tuple[np.ndarray, bool]:
-    """Choose the points to keep after removing a random cuboid.
+    """Choose the points to keep after removing a random cuboid (DropCuboids).
 
     The cuboid is centred on a random point; its side on each axis is ``u * max_fraction`` times the range of
-    the coordinates on that axis, with one ``u`` uniform in [0, 1) for all axes (the authors' release). A cuboid
-    that would leave fewer than ``min_pairs`` pairs is redrawn, at most ``max_tries`` times in all.
+    the coordinates on that axis, with one ``u`` uniform in [0, 1) for all axes; points strictly inside are
+    dropped. Draws: ``u = rng.random()``, then the centre ``rng.integers(N)``, per try.
+
+    A cuboid is refused when it leaves too few pairs: with ``pairing_cameras`` (the release's rule), when any of
+    the ``num_cameras`` cameras keeps fewer than ``min_pairs`` pairs (a camera that has fewer before the drop
+    refuses every cuboid); without, when fewer than ``min_pairs`` pairs remain in all. A refused cuboid is redrawn,
+    ``max_tries`` draws in all, then nothing is dropped. The release draws once (``max_tries=1``) and keeps the
+    scan whole when that cuboid is refused, so its rule cannot hang; the retries here are bounded for the same
+    reason.
 
     Parameters
     ----------
     xyz : (N, 3) coordinates.
     pairing_points : (P,) indices of the paired points.
+    rng : the random generator.
+    max_fraction : largest side of the cuboid, as a fraction of each axis' range (release 0.2, the text 0.1).
+    min_pairs : pairs a camera (or all cameras) must keep.
+    max_tries : draws before giving up.
+    pairing_cameras : (P,) camera of each pair, or None for the total rule.
+    num_cameras : cameras to check with ``pairing_cameras`` (cameras without pairs count as keeping 0).
 
     Returns
     -------
-    keep : (N,) bool, the points outside the cuboid (all True when every try failed).
-    fell_back : True when every try failed and the scan is kept whole.
+    keep : (N,) bool, the points outside the cuboid (all True when every try was refused).
+    fell_back : True when every try was refused and the scan is kept whole.
     """
     count = len(xyz)
     if count == 0:
         return np.ones(0, bool), True
-    extent = xyz.max(axis=0) - xyz.min(axis=0)
+    if pairing_cameras is not None:
+        pairing_cameras = np.asarray(pairing_cameras, np.int64)
+        num_cameras = max(num_cameras, int(pairing_cameras.max()) + 1 if len(pairing_cameras) else 0)
+    # per column: the same values as reductions / comparisons over axis 0 / 1 of (N, 3), several times faster
+    columns = [xyz[:, axis] for axis in range(3)]
+    extent = np.array([column.max() - column.min() for column in columns])
     for _ in range(max_tries):
         half_side = extent * (rng.random() * max_fraction) / 2.0
         centre = xyz[rng.integers(count)]
-        inside = np.all((xyz > centre - half_side) & (xyz < centre + half_side), axis=1)
+        low, high = centre - half_side, centre + half_side
+        inside = (columns[0] > low[0]) & (columns[0] < high[0])
+        for axis in (1, 2):
+            inside &= (columns[axis] > low[axis]) & (columns[axis] < high[axis])
         keep = ~inside
-        if np.count_nonzero(keep[pairing_points]) >= min_pairs:
+        paired = keep[pairing_points]
+        if pairing_cameras is None:
+            accepted = np.count_nonzero(paired) >= min_pairs
+        else:
+            kept_per_camera = np.bincount(pairing_cameras[paired], minlength=num_cameras)
+            accepted = bool(np.all(kept_per_camera >= min_pairs))
+        if accepted:
             return keep, False
     return np.ones(count, bool), True
 
@@ -109,8 +141,8 @@ def select_points(keep: np.ndarray, pairing_points: np.ndarray, pairing_images: 
     pairing_points (P',) re-indexed into the kept points, pairing_images (P', 3).
     """
     new_index = np.cumsum(keep) - 1
-    paired = keep[pairing_points]
-    return new_index[pairing_points[paired]].astype(np.int64), pairing_images[paired]
+    paired = np.flatnonzero(keep[pairing_points])
+    return np.take(new_index, np.take(pairing_points, paired)).astype(np.int64), select_rows(pairing_images, paired)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -171,9 +203,10 @@ def choose_image_transform(image_hw: Sequence[int], pixel_rc: np.ndarray, rng: n
                            cfg: AugmentConfig) -> ImageTransform:
     """Draw a flip and a random resized crop that keeps enough of this image's pairs.
 
-    A crop is accepted when it keeps at least ``cfg.min_pairs`` pairs or at least ``cfg.min_pair_fraction`` of
-    them (an image without pairs never satisfies this). After ``cfg.max_tries`` rejected crops the whole image
-    is resized instead and the transform says ``fell_back``.
+    A crop is accepted when it keeps more than ``cfg.min_pairs`` pairs or more than ``cfg.min_pair_fraction`` of
+    them (the release's strict inequalities; an image without pairs never satisfies this). After
+    ``cfg.max_tries`` rejected crops the whole image is resized instead and the transform says ``fell_back``
+    (the release retries without end, which hangs on an image without pairs).
 
     Parameters
     ----------
@@ -186,7 +219,7 @@ def choose_image_transform(image_hw: Sequence[int], pixel_rc: np.ndarray, rng: n
         top, left, height, width = random_crop_box(image_hw, rng, cfg.crop_min_area, cfg.crop_aspect_range)
         candidate = ImageTransform(top, left, height, width, flip)
         kept = int(np.count_nonzero(_inside_box(pixel_rc, candidate)))
-        if kept >= cfg.min_pairs or (total > 0 and kept >= cfg.min_pair_fraction * total):
+        if kept > cfg.min_pairs or (total > 0 and kept > cfg.min_pair_fraction * total):
             return candidate
     return full_image_transform(image_hw, flip, fell_back=True)
 
@@ -205,7 +238,7 @@ def transform_pixels(pixel_rc: np.ndarray, transform: ImageTransform, out_hw: Se
     new_rc : (P', 2) int64 row, column in the output image of the pixels inside.
     """
     inside = _inside_box(pixel_rc, transform)
-    rc = np.asarray(pixel_rc, np.int64)[inside]
+    rc = select_rows(np.asarray(pixel_rc, np.int64), inside)
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     rows = ((2 * (rc[:, 0] - transform.top) + 1) * out_h) // (2 * transform.height)
     cols = ((2 * (rc[:, 1] - transform.left) + 1) * out_w) // (2 * transform.width)
@@ -252,16 +285,22 @@ def transform_image(image, transform: ImageTransform, out_hw: Sequence[int],
         image = Image.fromarray(image)
     box = (transform.left / reduction, transform.top / reduction,
            (transform.left + transform.width) / reduction, (transform.top + transform.height) / reduction)
-    out = image.resize((int(out_hw[1]), int(out_hw[0])), Image.Resampling.BILINEAR, box=box)
-    if transform.flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    out = np.asarray(image.resize((int(out_hw[1]), int(out_hw[0])), Image.Resampling.BILINEAR, box=box))
+    return out[:, ::-1] if transform.flip else out
 
 
-def draft_size(transform: ImageTransform, image_hw: Sequence[int], out_hw: Sequence[int]) -> tuple[int, int]:
-    """The smallest (width, height) a JPEG may be decoded at so that the crop box keeps the output resolution."""
-    scale = max(out_hw[0] / transform.height, out_hw[1] / transform.width)
-    return math.ceil(image_hw[1] * scale), math.ceil(image_hw[0] * scale)
+def dct_reduction(transform: ImageTransform, out_hw: Sequence[int]) -> int:
+    """The largest JPEG DCT-scaling reduction (1, 2, 4 or 8) at which the crop box keeps the output resolution.
+
+    A JPEG decoded at 1/r of its size (``PIL.Image.draft``: libjpeg scales in the DCT domain, skipping most of the
+    inverse transform) still gives the box ``height / r`` x ``width / r`` pixels; r is the largest with both at least
+    the output's ``out_hw``, so the resize after it only shrinks (never invents detail).
+    """
+    out_h, out_w = int(out_hw[0]), int(out_hw[1])
+    for reduction in (8, 4, 2):
+        if transform.height >= reduction * out_h and transform.width >= reduction * out_w:
+            return reduction
+    return 1
 
 
 def normalize_images(images: np.ndarray) -> np.ndarray:
@@ -326,34 +365,63 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
     if train:
         xyz = rotate_flip_points(xyz, rng, cfg.rotate_z, cfg.flip_prob)
         if cfg.drop_cuboid:
-            keep, cuboid_fell_back = draw_cuboid_drop(xyz, pairing_points, rng, cfg.cuboid_max_fraction,
-                                                      cfg.min_pairs, cfg.max_tries)
+            per_camera = cfg.cuboid_rule == "per_camera"
+            keep, cuboid_fell_back = draw_cuboid_drop(
+                xyz, pairing_points, rng, cfg.cuboid_max_fraction, cfg.min_pairs, cfg.cuboid_tries,
+                pairing_images[:, 0] if per_camera else None, len(image_hws) if per_camera else 0)
             pairing_points, pairing_images = select_points(keep, pairing_points, pairing_images)
-            xyz = xyz[keep]
+            xyz = select_rows(xyz, keep)
     transforms = []
     kept_pairs = np.zeros(len(pairing_points), bool)
     new_pixels = np.zeros((len(pairing_points), 2), np.int64)
-    for camera, image_hw in enumerate(image_hws):
-        in_camera = np.flatnonzero(pairing_images[:, 0] == camera)
-        pixel_rc = pairing_images[in_camera, 1:]
+    for camera, pairs in enumerate(_camera_groups(pairing_images[:, 0], len(image_hws))):
+        pixel_rc = pairing_images[pairs, 1:]
         if train:
-            transform = choose_image_transform(image_hw, pixel_rc, rng, cfg)
+            transform = choose_image_transform(image_hws[camera], pixel_rc, rng, cfg)
         else:
-            transform = full_image_transform(image_hw)
+            transform = full_image_transform(image_hws[camera])
         transforms.append(transform)
         inside, rc = transform_pixels(pixel_rc, transform, out_hw)
-        kept_pairs[in_camera[inside]] = True
-        new_pixels[in_camera[inside]] = rc
-    pairing_images = np.concatenate([pairing_images[kept_pairs, :1], new_pixels[kept_pairs]], axis=1)
+        if isinstance(pairs, slice):
+            kept_pairs[pairs] = inside
+            new_pixels[pairs][inside] = rc
+        else:
+            kept_pairs[pairs[inside]] = True
+            new_pixels[pairs[inside]] = rc
+    kept_pairs = np.flatnonzero(kept_pairs)
+    pairing_images = np.concatenate([select_rows(pairing_images[:, :1], kept_pairs),
+                                     select_rows(new_pixels, kept_pairs)], axis=1)
     return PairedAugmentation(
         keep_points=keep,
         xyz=xyz,
-        pairing_points=pairing_points[kept_pairs],
+        pairing_points=np.take(pairing_points, kept_pairs),
         pairing_images=pairing_images,
         image_transforms=transforms,
         cuboid_fell_back=cuboid_fell_back,
         crops_fell_back=sum(transform.fell_back for transform in transforms),
     )
+
+
+def select_rows(array: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """``array[which]`` for a boolean mask or indices over the first axis, several times faster than boolean (and
+    faster than integer) indexing of the rows of 2-D arrays.
+
+    Parameters
+    ----------
+    array : (N, ...) array.
+    which : (N,) bool, or (M,) int indices.
+    """
+    indices = np.flatnonzero(which) if which.dtype == bool else which
+    return np.take(array, indices, axis=0)
+
+
+def _camera_groups(cameras: np.ndarray, count: int) -> list[slice | np.ndarray]:
+    """The pairs of each camera 0..count-1: slices when ``cameras`` is sorted (as projections give them), else
+    index arrays."""
+    if cameras.size < 2 or (cameras[1:] >= cameras[:-1]).all():
+        bounds = np.searchsorted(cameras, np.arange(count + 1), side="left")
+        return [slice(int(bounds[k]), int(bounds[k + 1])) for k in range(count)]
+    return [np.flatnonzero(cameras == k) for k in range(count)]
 
 
 def _inside_box(pixel_rc: np.ndarray, transform: ImageTransform) -> np.ndarray:

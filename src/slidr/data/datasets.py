@@ -7,17 +7,19 @@ it (``cuboid_fallbacks``: the cuboid drop was given up and the scan kept whole; 
 whole because no random crop kept enough pairs; ``nonfinite_points``: points dropped for NaN or infinite
 coordinates). Batches sum them, so a trainer can log them.
 
-Loading is arranged for speed (about 300 ms per nuScenes sample on one core in the authors' release, a few tens
-of ms here; ``slidr bench data``): all cameras are projected from one copy of the cloud; every image's crop is
-drawn from the pairings before any pixel is decoded, JPEGs are decoded at the smallest DCT scale (1/2, 1/4,
-1/8) that still gives the crop its output resolution, cropped and resized in one step and kept uint8 until
-the final normalisation; superpixel label PNGs are decoded with one ``zlib`` call and sampled at the crop's
-nearest-neighbour grid.
+Loading is arranged for speed (about 300 ms per nuScenes sample on one core in the authors' release, 5-6x less
+here, measured side by side by ``slidr bench data``): all cameras are projected from one copy of the cloud, the
+devkit's float32 chain running only on the points a composed transform says may be visible; every image's crop
+is drawn from the pairings before any pixel is decoded, JPEGs are decoded at the largest DCT-scaling reduction
+(1/2, 1/4, 1/8) that still gives the crop its output resolution, cropped and resized in one step and kept uint8
+until the final normalisation; superpixel label files (row runs, :mod:`slidr.data.superpixels`) are evaluated only
+at the crop's nearest-neighbour grid, so no label the crop discards is decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,16 +31,24 @@ from slidr.config import DataConfig
 from slidr.data.augment import (
     ImageTransform,
     augment_pairs,
-    draft_size,
+    dct_reduction,
     normalize_images,
     rotate_flip_points,
+    select_points,
+    select_rows,
+    source_indices,
     transform_image,
-    transform_labels,
 )
-from slidr.data.index import DatasetIndex, load_index, load_scan
+from slidr.data.index import DatasetIndex, check_index_dataset, load_index
 from slidr.data.io import open_image
 from slidr.data.projection import project_to_cameras
-from slidr.data.superpixels import read_label_png, superpixel_dir, superpixel_path
+from slidr.data.scans import load_scan
+from slidr.data.superpixels import (
+    find_superpixel_file,
+    open_labels,
+    superpixel_dir,
+    superpixel_path,
+)
 from slidr.data.voxelize import point_features, voxelize
 from slidr.errors import DataError
 
@@ -51,6 +61,7 @@ class _ScanDataset(torch.utils.data.Dataset):
     def __init__(self, index: DatasetIndex | str | Path, split: Optional[str], data_cfg: DataConfig,
                  train: bool, label_fraction: float = 1.0):
         self.index = index if isinstance(index, DatasetIndex) else load_index(index)
+        check_index_dataset(self.index, data_cfg.dataset)
         self.cfg = data_cfg
         self.train = train
         self.positions = self.index.sample_indices(split, label_fraction)
@@ -66,7 +77,7 @@ class _ScanDataset(torch.utils.data.Dataset):
 
     def _rng(self, item: int) -> np.random.Generator:
         # A pure function of (torch seed, item), so that a resumed run replays the same draws. The trainers set
-        # torch's seed per sample from (run seed, epoch, position) (slidr.methods.pretrain.SeededDataset).
+        # torch's seed per sample from (run seed, epoch, position) (slidr.engine.data.SeededDataset).
         return np.random.default_rng([torch.initial_seed(), item])
 
 
@@ -99,7 +110,7 @@ class PretrainDataset(_ScanDataset):
         self.superpixel_folder = None
         if sp.method != "none":
             self.superpixel_folder = superpixel_dir(self.index.path or data_cfg.index, sp.method, sp.n_segments,
-                                                    sp.root)
+                                                    sp.root, sp.source)
             if not self.superpixel_folder.is_dir():
                 raise DataError(f"superpixel folder {self.superpixel_folder} does not exist; create it with "
                                 f"`{self.superpixel_command()}`")
@@ -108,6 +119,8 @@ class PretrainDataset(_ScanDataset):
         """The command that computes the superpixels this dataset reads."""
         sp = self.cfg.superpixels
         command = f"slidr superpixels --index {self.index.path or self.cfg.index} --method {sp.method}"
+        if sp.method == "masks":
+            command += f" --from <folder of the mask files> --name {sp.source}"
         if sp.method == "slic" and sp.n_segments != 150:
             command += f" --n-segments {sp.n_segments}"
         if sp.root is not None:
@@ -118,6 +131,67 @@ class PretrainDataset(_ScanDataset):
         return load_pretrain_sample(self.index, self.sample(item), self.cfg,
                                     self._rng(item) if self.train else None, self.superpixel_folder,
                                     self.superpixel_command)
+
+
+class CameraSubsetDataset(PretrainDataset):
+    """Pretraining samples restricted ScaLR's way (valeoai/ScaLR): one camera per scan, the points it sees.
+
+    Per sample, with the sample's random generator: one camera of ``data_cfg.cameras`` drawn uniformly (whether
+    or not points project into it), and only its image decoded (``one_camera``); then only the points paired
+    with a loaded image kept (``paired_points_only``: the 3D network sees the camera's frustum), then at most
+    ``max_points`` of the points, drawn without replacement. The sample is the :class:`PretrainDataset` one
+    with K = 1 camera (or all of them) and ``channels``: the camera channel of each of its images. With every
+    option off it is exactly :class:`PretrainDataset`'s sample (plus ``channels``).
+
+    Selecting points re-voxelizes the kept points (one more voxelization of a smaller cloud).
+
+    Parameters
+    ----------
+    index, split, data_cfg, train
+        As :class:`PretrainDataset`.
+    one_camera : bool
+        One random camera per scan (ScaLR) instead of all of ``data_cfg.cameras``.
+    paired_points_only : bool
+        Keep only the points paired with a pixel of a loaded image.
+    max_points : int, optional
+        Keep at most this many points (random subset); None: all.
+    """
+
+    def __init__(self, index: DatasetIndex | str | Path, split: Optional[str], data_cfg: DataConfig,
+                 train: bool = True, one_camera: bool = True, paired_points_only: bool = True,
+                 max_points: Optional[int] = None):
+        super().__init__(index, split, data_cfg, train)
+        if max_points is not None and max_points < 1:
+            raise ValueError(f"max_points must be >= 1 or None, got {max_points}")
+        self.one_camera = one_camera
+        self.paired_points_only = paired_points_only
+        self.max_points = max_points
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        rng = self._rng(item)
+        cfg = self.cfg
+        if self.one_camera:
+            cfg = dataclasses.replace(cfg, cameras=[cfg.cameras[int(rng.integers(len(cfg.cameras)))]])
+        out = load_pretrain_sample(self.index, self.sample(item), cfg, rng if self.train else None,
+                                   self.superpixel_folder, self.superpixel_command)
+        out["channels"] = list(cfg.cameras)
+        keep = np.ones(len(out["points"]), bool)
+        if self.paired_points_only:
+            keep[:] = False
+            keep[out["pairing_points"]] = True
+        if self.max_points is not None and int(keep.sum()) > self.max_points:
+            chosen = rng.choice(np.flatnonzero(keep), self.max_points, replace=False)
+            keep[:] = False
+            keep[chosen] = True
+        if keep.all():
+            return out
+        out["pairing_points"], out["pairing_images"] = select_points(keep, out["pairing_points"],
+                                                                     out["pairing_images"])
+        out.update(_voxel_part(select_rows(out["points"], keep), self.index.format, cfg))
+        out.pop("kept_index")
+        if "labels" in out:
+            out["labels"] = out["labels"][keep]
+        return out
 
 
 class DownstreamDataset(_ScanDataset):
@@ -167,13 +241,14 @@ def load_pretrain_sample(index: DatasetIndex, sample: dict, cfg: DataConfig, rng
     superpixel_folder : the method folder of the superpixel PNGs; None: no superpixels.
     superpixel_command : callable returning the command that creates missing superpixel files (for errors).
     timings : if given, seconds spent per stage are added to it (``read``, ``project``, ``augment``, ``decode``,
-        ``superpixels``, ``normalize``, ``voxelize``).
+        ``superpixels``, ``normalize``, ``voxelize``): wall time under the stage's name, process CPU time under
+        ``cpu:<stage>`` (steadier on a shared machine).
 
     Returns
     -------
     The sample dict of docs/ARCHITECTURE.md (plus ``stats``).
     """
-    stage = _StageTimer(timings)
+    stage = StageTimer(timings)
     with stage("read"):
         scan = load_scan(index, sample, with_labels=True)
     points = scan.points
@@ -185,7 +260,7 @@ def load_pretrain_sample(index: DatasetIndex, sample: dict, cfg: DataConfig, rng
     with stage("augment"):
         result = augment_pairs(points[:, :3], pairing_points, pairing_images, image_hws, out_hw, cfg.augment,
                                rng if cfg.augment.enabled else None)
-        points = np.concatenate([result.xyz, points[result.keep_points, 3:4]], axis=1)
+        points = np.concatenate([result.xyz, select_rows(points[:, 3:4], result.keep_points)], axis=1)
     with stage("decode"):
         images = np.stack([read_transformed_image(index.resolve(camera["image"]), transform, hw, out_hw)
                            for camera, transform, hw in zip(cameras, result.image_transforms, image_hws)])
@@ -204,18 +279,12 @@ def load_pretrain_sample(index: DatasetIndex, sample: dict, cfg: DataConfig, rng
     )
     if superpixel_folder is not None:
         with stage("superpixels"):
-            maps = []
-            for channel, camera, transform, hw in zip(cfg.cameras, cameras, result.image_transforms, image_hws):
-                path = superpixel_path(superpixel_folder, channel, camera["image"])
-                if not path.is_file():
-                    hint = f"; create it with `{superpixel_command()}`" if superpixel_command else ""
-                    raise DataError(f"superpixel file {path} does not exist{hint}")
-                labels = read_label_png(path)
-                if labels.shape != hw:
-                    raise DataError(f"superpixel file {path} is {labels.shape[1]}x{labels.shape[0]} but its image "
-                                    f"{camera['image']} is {hw[1]}x{hw[0]}; recompute the superpixels")
-                maps.append(transform_labels(labels, transform, out_hw))
-            out["superpixels"] = np.stack(maps).astype(np.int64)
+            maps = np.empty((len(cameras), *out_hw), np.int64)
+            for k, (channel, camera, transform, hw) in enumerate(zip(cfg.cameras, cameras, result.image_transforms,
+                                                                     image_hws)):
+                maps[k] = read_transformed_labels(superpixel_folder, channel, camera["image"], index.format,
+                                                  transform, hw, out_hw, superpixel_command)
+            out["superpixels"] = maps
     if scan.labels is not None:
         out["labels"] = scan.labels[result.keep_points]
     return out
@@ -225,7 +294,10 @@ def read_transformed_image(path: Path, transform: ImageTransform, image_hw: Sequ
                            out_hw: Sequence[int]) -> np.ndarray:
     """Decode only what a crop needs and return it resized and flipped: (H_out, W_out, 3) uint8.
 
-    JPEGs are decoded at the smallest DCT scale that keeps the crop at or above the output resolution.
+    RGB JPEGs are decoded at the largest DCT-scaling reduction that keeps the crop at or above the output
+    resolution (:func:`~slidr.data.augment.dct_reduction`); other images (and crops that allow no reduction, e.g.
+    the synthetic world's) are decoded in full. Either way the crop box is resized in one step (antialiased
+    bilinear, :func:`~slidr.data.augment.transform_image`).
 
     Raises
     ------
@@ -240,14 +312,42 @@ def read_transformed_image(path: Path, transform: ImageTransform, image_hw: Sequ
                                 f"{image_hw[1]}x{image_hw[0]}")
             reduction = 1.0
             if image.format == "JPEG" and image.mode == "RGB":
-                drafted = image.draft("RGB", draft_size(transform, image_hw, out_hw))
+                wanted = dct_reduction(transform, out_hw)
+                # floor sizes: Pillow reduces by the largest power of two <= size // requested size, here `wanted`
+                drafted = image.draft("RGB", (image_hw[1] // wanted, image_hw[0] // wanted)) if wanted > 1 else None
                 if drafted is not None:
-                    reduction = image_hw[1] / drafted[1][2]
+                    reduction = image_hw[1] / drafted[1][2]  # Pillow's box: (0, 0, width / scale, height / scale)
             elif image.mode != "RGB":
                 image = image.convert("RGB")
             return transform_image(image, transform, out_hw, reduction)
     except OSError as error:
         raise DataError(f"image file {path} cannot be decoded: {error}") from None
+
+
+def read_transformed_labels(folder: Path, channel: str, image: str, dataset_format: str, transform: ImageTransform,
+                            image_hw: Sequence[int], out_hw: Sequence[int], superpixel_command: Any = None
+                            ) -> np.ndarray:
+    """The superpixel labels of one image at the output grid of its transform: (H_out, W_out) uint8 or uint16.
+
+    Only the crop's sampled rows are decoded, at its sampled columns (nearest neighbour,
+    :func:`~slidr.data.augment.source_indices`).
+
+    Raises
+    ------
+    DataError
+        The label file is missing (with the command that creates it), unreadable, or of another size than the
+        image.
+    """
+    path = find_superpixel_file(folder, channel, image, dataset_format,
+                                f"; recompute them with `{superpixel_command()}`" if superpixel_command else "")
+    if path is None:
+        hint = f"; create it with `{superpixel_command()}`" if superpixel_command else ""
+        raise DataError(f"superpixel file {superpixel_path(folder, image)} does not exist{hint}")
+    labels = open_labels(path)
+    if labels.shape != tuple(image_hw):
+        raise DataError(f"superpixel file {path} is {labels.shape[1]}x{labels.shape[0]} but its image {image} is "
+                        f"{image_hw[1]}x{image_hw[0]}; recompute the superpixels")
+    return labels.sample(*source_indices(transform, out_hw))
 
 
 def collate_pretrain(samples: Sequence[dict]) -> dict[str, Any]:
@@ -299,6 +399,7 @@ def _collate_voxels(samples: Sequence[dict]) -> dict[str, Any]:
         "batch_size": len(samples),
         "tokens": [sample["token"] for sample in samples],
         "stats": {key: sum(sample.get("stats", {}).get(key, 0) for sample in samples) for key in STAT_KEYS},
+        "sample_stats": [dict(sample.get("stats", {})) for sample in samples],  # per sample, in batch order
     }
 
 
@@ -307,7 +408,7 @@ def _voxel_part(points: np.ndarray, dataset: str, cfg: DataConfig) -> dict[str, 
     return {
         "points": np.ascontiguousarray(points, dtype=np.float32),
         "voxel_coords": coords,
-        "voxel_feats": point_features(points[kept_index], dataset),
+        "voxel_feats": point_features(select_rows(points, kept_index), dataset, cfg.point_features),
         "inverse_map": inverse_map,
         "kept_index": kept_index,
     }
@@ -321,8 +422,9 @@ def _checked_cameras(sample: dict, channels: Sequence[str]) -> list[str]:
     return list(channels)
 
 
-class _StageTimer:
-    """``with timer("name"):`` adds the block's wall time to ``timings["name"]`` (nothing when timings is None)."""
+class StageTimer:
+    """``with timer("name"):`` adds the block's wall time to ``timings["name"]`` and its process CPU time to
+    ``timings["cpu:name"]`` (nothing when timings is None)."""
 
     def __init__(self, timings: Optional[dict[str, float]]):
         self.timings = timings
@@ -332,9 +434,10 @@ class _StageTimer:
         if self.timings is None:
             yield
             return
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.timings[f"cpu:{name}"] = self.timings.get(f"cpu:{name}", 0.0) + time.process_time() - cpu_start
 
 
 def _offsets(sizes: Sequence[int]) -> np.ndarray:

@@ -72,6 +72,8 @@ def project_to_cameras(points: np.ndarray, sample: dict, cameras: Optional[Seque
     """
     channels = list(sample["cameras"]) if cameras is None else list(cameras)
     global_points = _devkit_lidar_to_global(points, sample) if _has_devkit_chain(sample, channels) else None
+    if global_points is not None:
+        candidates_per_camera = _devkit_candidates(points, sample, channels, min_depth)
     point_parts, image_parts = [], []
     for k, channel in enumerate(channels):
         camera = _camera(sample, channel)
@@ -80,8 +82,14 @@ def project_to_cameras(points: np.ndarray, sample: dict, cameras: Optional[Seque
             index, pixel_rc = project_points(points, camera["lidar_to_camera"], camera["intrinsic"], image_hw,
                                              min_depth)
         else:
-            depth, u, v = _devkit_global_to_image(global_points, camera)
+            # the devkit's step-by-step arithmetic only for the points that may be visible: it works column by
+            # column, so a subset gets the same values for its points as the whole cloud
+            candidates = candidates_per_camera[k]
+            subset = global_points if candidates is None else global_points[:, candidates]
+            depth, u, v = _devkit_global_to_image(subset, camera)
             index, pixel_rc = _visible(depth, u, v, image_hw, min_depth)
+            if candidates is not None:
+                index = candidates[index]
         point_parts.append(index)
         image_parts.append(np.column_stack([np.full(index.size, k, dtype=np.int64), pixel_rc]))
     pairing_points = np.concatenate(point_parts) if point_parts else np.zeros(0, dtype=np.int64)
@@ -163,6 +171,65 @@ def _devkit_lidar_to_global(points: np.ndarray, sample: dict) -> np.ndarray:
         _rotate(cloud, transform[:3, :3])
         _translate(cloud, transform[:3, 3])
     return cloud
+
+
+# How far (metres) the devkit's float32 chain may put a point from where one composed transform of the lidar points
+# puts it: its roundings are ~1e-4 m in the global frame (coordinates of a few km) and ~1e-5 m after that, and the
+# float32 product below adds ~1e-5 m for points within a few hundred metres; 1 cm is far above all of them.
+_CHAIN_TOLERANCE_M = 0.01
+
+
+def _devkit_candidates(points: np.ndarray, sample: dict, channels: Sequence[str], min_depth: float
+                       ) -> list[Optional[np.ndarray]]:
+    """Per camera, indices of the points that may be visible: a superset of what the devkit chain keeps.
+
+    One composed lidar -> camera transform per camera, applied to the lidar points in float32, with a margin of
+    ``_CHAIN_TOLERANCE_M`` metres on every camera-frame coordinate. None (every point) for a camera where the
+    test would not be conservative: intrinsics whose last row is not (0, 0, 1), or a minimum depth within the
+    margin of 0.
+
+    Parameters
+    ----------
+    points : (N, 3+) lidar points.
+
+    Returns
+    -------
+    One (M_k,) int64 increasing index array (or None) per channel.
+    """
+    margin = _CHAIN_TOLERANCE_M
+    lidar_to_global = np.asarray(sample["ego_pose"], np.float64) @ np.asarray(sample["lidar_to_ego"], np.float64)
+    rows, shifts, bounds, usable = [], [], [], []
+    for channel in channels:
+        camera = sample["cameras"][channel]
+        intrinsic = np.asarray(camera["intrinsic"], dtype=np.float64)
+        usable.append(bool(np.array_equal(intrinsic[2], [0.0, 0.0, 1.0]) and min_depth - margin > 0))
+        global_to_camera = np.linalg.inv(np.asarray(camera["ego_pose"], np.float64)
+                                         @ np.asarray(camera["camera_to_ego"], np.float64))
+        transform = global_to_camera @ lidar_to_global
+        # depth z, then image x and y (u z and v z), as affine functions of the lidar point
+        projection = np.concatenate([transform[2:3], intrinsic[:2] @ transform[:3]])
+        rows.append(projection[:, :3])
+        shifts.append(projection[:, 3])
+        height, width = float(camera["height"]), float(camera["width"])
+        # |error| of x (of y) <= (row 0 (1) of |K| summed) * margin; of the bounds (W - 1) z, (H - 1) z: W (H) margin
+        bounds.append(((np.abs(intrinsic[0]).sum() + width) * margin, (np.abs(intrinsic[1]).sum() + height) * margin,
+                       width - 1.0, height - 1.0))
+    xyz = np.asarray(points)[:, :3].astype(np.float32, copy=False)
+    values = np.concatenate(rows).astype(np.float32) @ xyz.T
+    values += np.concatenate(shifts).astype(np.float32)[:, None]  # in place: a new (3K, N) array costs more
+    candidates: list[Optional[np.ndarray]] = []
+    for k, (slack_x, slack_y, right, bottom) in enumerate(bounds):
+        if not usable[k]:
+            candidates.append(None)
+            continue
+        depth, x, y = values[3 * k:3 * k + 3]
+        keep = depth > min_depth - margin
+        keep &= x > depth - slack_x
+        keep &= x < right * depth + slack_x
+        keep &= y > depth - slack_y
+        keep &= y < bottom * depth + slack_y
+        candidates.append(np.flatnonzero(keep))
+    return candidates
 
 
 def _devkit_global_to_image(global_points: np.ndarray, camera: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 
 from slidr.config import AugmentConfig, PretrainConfig
 from slidr.data.augment import draw_cuboid_drop, rotate_flip_points
-from slidr.data.index import DatasetIndex, load_index, load_scan
+from slidr.data.index import DatasetIndex, check_index_dataset, load_index
+from slidr.data.scans import load_scan
 from slidr.data.voxelize import point_features, voxelize
 from slidr.errors import DataError
 from slidr.utils.io import write_json
@@ -106,7 +107,7 @@ def augmented_view(points: np.ndarray, cfg: PretrainConfig, tracked: np.ndarray,
     cfg : the run's config (``data.augment``, ``data.voxel``).
     tracked : (T,) indices of points whose survival matters (matches); the cuboid keeps at least
         ``min(augment.min_pairs, T)`` of them.
-    dataset : ``"nuscenes"`` or ``"semantickitti"`` (intensity scale).
+    dataset : ``"nuscenes"`` or ``"semantickitti"`` (input features, with ``cfg.data.point_features``).
 
     Returns
     -------
@@ -120,14 +121,16 @@ def augmented_view(points: np.ndarray, cfg: PretrainConfig, tracked: np.ndarray,
         rng = np.random.default_rng(np.random.randint(0, 2**31))
         points[:, :3] = rotate_flip_points(points[:, :3], rng, augment.rotate_z, augment.flip_prob)
         if augment.drop_cuboid:
+            # a view has no cameras: the cuboid rule counts the tracked points in all (augment.cuboid_rule's
+            # "total"), up to augment.cuboid_tries draws
             keep, _ = draw_cuboid_drop(points[:, :3], tracked, rng, augment.cuboid_max_fraction,
-                                       min(augment.min_pairs, len(tracked)), augment.max_tries)
+                                       min(augment.min_pairs, len(tracked)), augment.cuboid_tries)
     new_index = np.where(keep, np.cumsum(keep) - 1, -1).astype(np.int64)
     points = points[keep]
     voxel = cfg.data.voxel
     coords, kept_index, inverse_map = voxelize(points, voxel.mode, voxel.size, voxel.azimuth_step_deg)
-    view = {"points": points, "voxel_coords": coords, "voxel_feats": point_features(points[kept_index], dataset),
-            "inverse_map": inverse_map}
+    feats = point_features(points[kept_index], dataset, cfg.data.point_features)
+    view = {"points": points, "voxel_coords": coords, "voxel_feats": feats, "inverse_map": inverse_map}
     return view, new_index
 
 
@@ -163,6 +166,7 @@ def collate_views(views: Sequence[dict]) -> dict[str, torch.Tensor]:
 
 def _training_index(cfg: PretrainConfig) -> tuple[DatasetIndex, np.ndarray]:
     index = load_index(cfg.data.index)
+    check_index_dataset(index, cfg.data.dataset)
     chosen = index.sample_indices(cfg.data.train_split)
     if len(chosen) == 0:
         raise DataError(f"index {cfg.data.index}: split {cfg.data.train_split!r} has no sample")
@@ -290,7 +294,8 @@ class TwoViews(Dataset):
             wanted = self.cfg.pairs.max_points
             chosen = np.random.choice(count, wanted, replace=count < wanted)
             sampled = view["points"][chosen]
-            view["sampled_points"] = np.concatenate([sampled[:, :3], point_features(sampled, self.index.format)], 1)
+            features = point_features(sampled, self.index.format, self.cfg.data.point_features)
+            view["sampled_points"] = np.concatenate([sampled[:, :3], features], 1)
             views[name] = view
         return views
 

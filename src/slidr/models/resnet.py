@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from slidr.models import IMAGE_ENCODERS
+
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
@@ -147,11 +149,13 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(features), 1))
 
 
+@IMAGE_ENCODERS.register("resnet50", options=("dilated",))
 def resnet50(dilated: bool = False, num_classes: int = 0) -> ResNet:
     """ResNet-50; ``dilated``: stages 2-4 dilated (output stride 4) instead of strided (32)."""
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, (dilated,) * 3)
 
 
+@IMAGE_ENCODERS.register("resnet18", options=("dilated",))
 def resnet18(dilated: bool = False, num_classes: int = 0) -> ResNet:
     """ResNet-18; ``dilated`` as for :func:`resnet50`."""
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, (dilated,) * 3)

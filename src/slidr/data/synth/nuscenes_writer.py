@@ -3,7 +3,8 @@
 Layout under the dataroot: ``<version>/*.json`` (the 13 devkit tables and ``lidarseg.json``),
 ``samples/LIDAR_TOP/*.pcd.bin`` (float32 x 5: x, y, z, intensity, ring), ``samples/CAM_*/*.jpg``,
 ``lidarseg/<version>/<lidar sample_data token>_lidarseg.bin`` (uint8 raw category per point), ``maps/*.png``
-(one stub mask per location) and, outside the devkit's tables, ``semantic/CAM_*/<image stem>.png``: the raw
+(one stub mask per location), the objects' boxes as ``instance`` / ``sample_annotation`` rows
+(:mod:`slidr.data.synth.annotate`) and, outside the devkit's tables, ``semantic/CAM_*/<image stem>.png``: the raw
 nuScenes category index of every pixel (0 = ``noise``, used for the sky).
 """
 
@@ -87,7 +88,9 @@ def write_tables(root: Path, version: str, seed: int, scenes: list[SceneConditio
     seed : the world's seed (tokens derive from it).
     scenes : the scenes' conditions, in order.
     frames : one record per keyframe from the frame renderer, with ``scene``, ``frame``, ``timestamp``,
-        ``ego_rotation``, ``ego_translation``, ``files`` (channel -> relative path), ``points``.
+        ``ego_rotation``, ``ego_translation``, ``files`` (channel -> relative path), ``points`` and
+        ``annotations`` (:func:`slidr.data.synth.annotate.nuscenes_annotations`: one ``sample_annotation`` per
+        object near the ego; an object's annotations across the scene's keyframes form one ``instance``).
     rig : the sensors (lidar first).
     """
     table_dir = root / version
@@ -132,6 +135,7 @@ def write_tables(root: Path, version: str, seed: int, scenes: list[SceneConditio
                 "token": samples[k], "timestamp": record["timestamp"], "prev": samples[k - 1] if k else "",
                 "next": samples[k + 1] if k + 1 < len(records) else "",
                 "scene_token": token("scene", seed, conditions.index)})
+        _annotations(tables, seed, conditions.index, records, samples)
         for sensor in rig:
             sd_tokens = [sample_data_token(seed, conditions.index, r["frame"], sensor.channel) for r in records]
             for k, record in enumerate(records):
@@ -159,3 +163,30 @@ def write_tables(root: Path, version: str, seed: int, scenes: list[SceneConditio
                               "category": "semantic_prior", "filename": f"maps/{map_token}.png"})
     for name, rows in tables.items():
         (table_dir / f"{name}.json").write_text(json.dumps(rows, indent=0))
+
+
+def _annotations(tables: dict[str, list[dict]], seed: int, scene: int, records: list[dict],
+                 samples: list[str]) -> None:
+    """Append one scene's ``instance`` and ``sample_annotation`` rows (annotations of an instance chained in time)."""
+    tracks: dict[int, list[tuple[int, dict]]] = {}
+    for k, record in enumerate(records):
+        for annotation in record.get("annotations", ()):
+            tracks.setdefault(annotation["instance"], []).append((k, annotation))
+    for instance in sorted(tracks):
+        track = tracks[instance]
+        instance_token = token("instance", seed, scene, instance)
+        ann_tokens = [token("sample_annotation", seed, scene, records[k]["frame"], instance) for k, _ in track]
+        tables["instance"].append({
+            "token": instance_token, "category_token": token("category", track[0][1]["category"]),
+            "nbr_annotations": len(track), "first_annotation_token": ann_tokens[0],
+            "last_annotation_token": ann_tokens[-1]})
+        for position, (k, annotation) in enumerate(track):
+            tables["sample_annotation"].append({
+                "token": ann_tokens[position], "sample_token": samples[k], "instance_token": instance_token,
+                "visibility_token": annotation["visibility"],
+                "attribute_tokens": [token("attribute", name) for name in annotation["attributes"]],
+                "translation": annotation["translation"], "size": annotation["size"],
+                "rotation": annotation["rotation"],
+                "prev": ann_tokens[position - 1] if position else "",
+                "next": ann_tokens[position + 1] if position + 1 < len(track) else "",
+                "num_lidar_pts": annotation["num_lidar_pts"], "num_radar_pts": 0})

@@ -366,3 +366,43 @@ def _brute_force_kernel(origin, directions, t_max, kinds, params):
         if out_id[r] >= 0:
             out_t[r] = best
     return out_t, out_id
+
+
+def hits_of_groups(origin: np.ndarray, directions: np.ndarray, ray_group: np.ndarray, group_start: np.ndarray,
+                   group_items: np.ndarray, t_max: float, kinds: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Whether each ray hits any primitive of its own group, nothing else in the way (one call for many groups).
+
+    Parameters
+    ----------
+    origin : (3,) float64, the rays' common start.
+    directions : (R, 3) float64 unit directions.
+    ray_group : (R,) int64 group of each ray.
+    group_start : (G + 1,) int64; group ``g``'s primitives are ``group_items[group_start[g]:group_start[g + 1]]``.
+    group_items : (M,) int64 primitive indices.
+    t_max : float, rays end here.
+    kinds, params : all primitives (see the module docstring).
+
+    Returns
+    -------
+    (R,) bool.
+    """
+    directions = np.ascontiguousarray(directions, dtype=np.float64)
+    return _group_kernel(np.asarray(origin, dtype=np.float64), directions, np.ascontiguousarray(ray_group),
+                         np.ascontiguousarray(group_start), np.ascontiguousarray(group_items), float(t_max), kinds,
+                         params)
+
+
+@numba.njit(parallel=True, cache=True)
+def _group_kernel(origin, directions, ray_group, group_start, group_items, t_max, kinds, params):
+    n = directions.shape[0]
+    out = np.zeros(n, dtype=np.bool_)
+    for r in numba.prange(n):
+        g = ray_group[r]
+        for k in range(group_start[g], group_start[g + 1]):
+            p = group_items[k]
+            t = _intersect(kinds[p], params[p], origin[0], origin[1], origin[2],
+                           directions[r, 0], directions[r, 1], directions[r, 2])
+            if t < t_max:
+                out[r] = True
+                break
+    return out

@@ -169,6 +169,8 @@ class World:
     grid: Grid
     ego_lane_y: float
     street_to_global: np.ndarray = field(default_factory=lambda: np.eye(4))
+    road_half_width: float = 0.0  # the road spans |y| <= road_half_width (street frame)
+    parking_width: float = 0.0  # parking strips along both road edges (0: none)
 
 
 class _Builder:
@@ -195,7 +197,8 @@ class _Builder:
                   z0 + offset[2])
         self.add(kind, centre, half, yaw, **material)
 
-    def build(self, ego_lane_y: float, street_to_global: np.ndarray) -> World:
+    def build(self, ego_lane_y: float, street_to_global: np.ndarray, road_half_width: float = 0.0,
+              parking_width: float = 0.0) -> World:
         kinds = np.array([row[0] for row in self.rows], dtype=np.int32)
         yaw = np.array([row[3] for row in self.rows])
         params = np.concatenate([np.array([row[1] for row in self.rows]), np.array([row[2] for row in self.rows]),
@@ -214,6 +217,8 @@ class _Builder:
             grid=build_grid(kinds, params),
             ego_lane_y=ego_lane_y,
             street_to_global=street_to_global,
+            road_half_width=road_half_width,
+            parking_width=parking_width,
         )
 
 
@@ -316,7 +321,7 @@ def build_world(conditions: SceneConditions, frames: int) -> World:
     street_to_global = np.eye(4)
     street_to_global[:2, :2] = [[math.cos(heading), -math.sin(heading)], [math.sin(heading), math.cos(heading)]]
     street_to_global[:2, 3] = conditions.map_offset
-    return b.build(street.ego_lane_y, street_to_global)
+    return b.build(street.ego_lane_y, street_to_global, street.road, street.parking)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -809,3 +814,70 @@ def _people(b: _Builder, rng: np.random.Generator, s: _Street, c: SceneCondition
         _pedestrian(b, rng, x, side * (s.road + rng.uniform(0.8, width - 0.4)), 0.15, kind)
         if rng.random() < 0.3:  # walking in a pair
             _pedestrian(b, rng, x + rng.uniform(0.6, 1.0), side * (s.road + rng.uniform(0.8, width - 0.4)), 0.15)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Object boxes: derived from the primitives, after the layout (no random draw).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceBoxes:
+    """One oriented box per object instance of a world (street frame, ``slidr.data.boxes`` layout)."""
+
+    instance: np.ndarray  # (K,) int32 instance ids, increasing
+    category: np.ndarray  # (K,) uint8 nuScenes raw category index of the object
+    boxes: np.ndarray  # (K, 7) float64 [x, y, z, l, w, h, yaw]: centre, length along yaw, width, height
+
+
+def instance_boxes(world: World) -> InstanceBoxes:
+    """The tightest box around all primitives of each object instance, in the object's own orientation.
+
+    The orientation is that of the object's first box or ellipsoid primitive (its main body: a vehicle's hull, a
+    pedestrian's torso, a barrier's block, a cone's base plate); an object made only of cylinders and cones would
+    get yaw 0. In that frame each primitive's exact half extents are taken (a box turned by ``phi`` spans
+    ``hx |cos phi| + hy |sin phi|``, an ellipse ``sqrt(hx^2 cos^2 phi + hy^2 sin^2 phi)``, a cylinder or cone its
+    radius), so every surface point of the object lies inside its box and the box touches the object on all
+    six sides.
+
+    Returns
+    -------
+    InstanceBoxes, one row per instance id > 0 of ``world.instance``.
+    """
+    things = np.flatnonzero(world.instance > 0)
+    order = things[np.argsort(world.instance[things], kind="stable")]
+    ids, starts = np.unique(world.instance[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    params = world.params
+    prim_yaw = np.arctan2(params[:, 7], params[:, 6])
+    oriented = (world.kinds == BOX) | (world.kinds == ELLIPSOID)
+    out = np.zeros((len(ids), 7))
+    category = np.zeros(len(ids), dtype=np.uint8)
+    for k, (start, end) in enumerate(zip(starts, ends)):
+        members = order[start:end]
+        main = members[oriented[members]]
+        yaw = float(prim_yaw[main[0]]) if len(main) else 0.0
+        cos, sin = math.cos(yaw), math.sin(yaw)
+        centre = params[members, :3]
+        half = params[members, 3:6]
+        # primitive centres and half extents in the object's frame (x along yaw)
+        local_x = centre[:, 0] * cos + centre[:, 1] * sin
+        local_y = -centre[:, 0] * sin + centre[:, 1] * cos
+        phi = prim_yaw[members] - yaw
+        c, s = np.abs(np.cos(phi)), np.abs(np.sin(phi))
+        kinds = world.kinds[members]
+        ext_x = np.where(kinds == BOX, half[:, 0] * c + half[:, 1] * s,
+                         np.where(kinds == ELLIPSOID, np.sqrt((half[:, 0] * c) ** 2 + (half[:, 1] * s) ** 2),
+                                  half[:, 0]))
+        ext_y = np.where(kinds == BOX, half[:, 0] * s + half[:, 1] * c,
+                         np.where(kinds == ELLIPSOID, np.sqrt((half[:, 0] * s) ** 2 + (half[:, 1] * c) ** 2),
+                                  half[:, 0]))
+        lo = np.array([(local_x - ext_x).min(), (local_y - ext_y).min(), (centre[:, 2] - half[:, 2]).min()])
+        hi = np.array([(local_x + ext_x).max(), (local_y + ext_y).max(), (centre[:, 2] + half[:, 2]).max()])
+        mid = (lo + hi) / 2
+        out[k] = (mid[0] * cos - mid[1] * sin, mid[0] * sin + mid[1] * cos, mid[2], *(hi - lo), yaw)
+        categories = np.unique(world.category[members])
+        if len(categories) != 1:
+            raise AssertionError(f"instance {ids[k]} mixes categories {categories.tolist()}")
+        category[k] = categories[0]
+    return InstanceBoxes(ids.astype(np.int32), category, out)

@@ -9,8 +9,8 @@ A :class:`KernelMap` lists, for every kernel offset, which input row contributes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
@@ -44,19 +44,19 @@ class KeyPacking:
     @staticmethod
     def covering(low: list[int], high: list[int], batch_size: int) -> "KeyPacking":
         """Packing for coordinates within ``[low, high]`` (inclusive, per axis) and ``batch_size`` scans."""
-        extent = tuple(int(h - l + 3) for l, h in zip(low, high))
+        extent = tuple(int(hi - lo + 3) for lo, hi in zip(low, high))
         total = batch_size * extent[0] * extent[1] * extent[2]
         if total >= _MAX_KEY:
             raise SlidrError(
-                f"sparse coordinates span {[h - l + 1 for l, h in zip(low, high)]} cells in {batch_size} scans: "
+                f"sparse coordinates span {[hi - lo + 1 for lo, hi in zip(low, high)]} cells in {batch_size} scans: "
                 "too large to hash into 64-bit keys; use a larger voxel size"
             )
         return KeyPacking(tuple(int(v) for v in low), extent, int(batch_size))
 
     def coarser(self) -> "KeyPacking":
         """Packing of the level whose coordinates are ``floor(c / 2)`` of this one's."""
-        low = [l // 2 for l in self.low]
-        high = [(l + e - 3) // 2 for l, e in zip(self.low, self.extent)]
+        low = [lo // 2 for lo in self.low]
+        high = [(lo + e - 3) // 2 for lo, e in zip(self.low, self.extent)]
         return KeyPacking.covering(low, high, self.batch_size)
 
     def pack(self, coords: torch.Tensor) -> torch.Tensor:
@@ -112,6 +112,12 @@ class KernelMap:
     identity_kernel : int or None
         A kernel index applied to every site as ``out = in @ weight[k]`` without gathering (the centre of a
         submanifold convolution; input and output sites coincide).
+    in_unique, out_unique : bool
+        Every input (output) row occurs in exactly one pair: its gradient (value) is written once, not
+        accumulated (the fine side of a stride-2 map).
+    plans : dict
+        Chunk plans of :mod:`slidr.models.sparse.conv`, built on first use and kept with the map, so the
+        forward and backward of every layer sharing the map reuse them.
     """
 
     in_index: torch.Tensor
@@ -123,6 +129,20 @@ class KernelMap:
     num_in: int
     num_out: int
     identity_kernel: Optional[int] = None
+    in_unique: bool = False
+    out_unique: bool = False
+    plans: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def num_pairs(self) -> int:
+        """Number of gathered pairs (the identity kernel's sites not included)."""
+        return sum(self.group_sizes)
+
+    def multiply_adds(self, in_channels: int, out_channels: int) -> int:
+        """Multiply-adds of one forward convolution with this map: one ``Cin x Cout`` product per pair and per
+        site of the identity kernel. Its backward does twice as many (input gradient and weight gradient)."""
+        identity = self.num_out if self.identity_kernel is not None else 0
+        return (self.num_pairs + identity) * in_channels * out_channels
 
     def transposed(self) -> "KernelMap":
         """The map of the transposed convolution: the same pairs with input and output swapped."""
@@ -136,6 +156,8 @@ class KernelMap:
             num_in=self.num_out,
             num_out=self.num_in,
             identity_kernel=self.identity_kernel,
+            in_unique=self.out_unique,
+            out_unique=self.in_unique,
         )
 
 
@@ -152,7 +174,7 @@ def kernel_offsets(kernel_size: int) -> list[tuple[int, int, int]]:
     """
     r = (kernel_size - 1) // 2
     span = range(kernel_size)
-    return [(i - r, j - r, l - r) for i in span for j in span for l in span]
+    return [(i - r, j - r, k - r) for i in span for j in span for k in span]
 
 
 def submanifold_map(keys: torch.Tensor, packing: KeyPacking, kernel_size: int = 3,
@@ -266,5 +288,6 @@ def downsample_map(coords: torch.Tensor, coarse_packing: KeyPacking) -> tuple[to
         group_sizes=sizes,
         num_in=coords.shape[0],
         num_out=coarse_keys.shape[0],
+        in_unique=True,
     )
     return coarse_packing.unpack(coarse_keys), coarse_keys, kernel_map
