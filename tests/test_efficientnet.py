@@ -391,7 +391,7 @@ def test_feature_settings_are_checked_when_the_config_loads(overrides, message):
     from slidr.config import PretrainConfig, load_config
 
     with pytest.raises(ConfigError, match=message) as error:
-        load_config(PretrainConfig, "pretrain/demo_cpu_effnet.yaml", overrides)
+        load_config(PretrainConfig, "pretrain/demo_cpu.yaml", overrides)
     assert "\n" not in str(error.value)
 
 
@@ -407,9 +407,9 @@ def test_teacher_head_upsamples_efficientnet_features_to_the_input():
 def test_demo_config_with_the_pretrained_teacher_loads():
     from slidr.config import PretrainConfig, load_config
 
-    cfg = load_config(PretrainConfig, "pretrain/demo_cpu_effnet.yaml",
+    cfg = load_config(PretrainConfig, "pretrain/demo_cpu.yaml",
                       ["image.feature_stages=[16]", "image.output_stride=8"])
     assert cfg.image.encoder == "efficientnet_lite0" and cfg.image.weights == "package:efficientnet-lite0"
     assert cfg.image.feature_stages == [16] and cfg.image.output_stride == 8
     with pytest.raises(ConfigError, match="image.output_stride"):
-        load_config(PretrainConfig, "pretrain/demo_cpu_effnet.yaml", ["image.output_stride=eight"])
+        load_config(PretrainConfig, "pretrain/demo_cpu.yaml", ["image.output_stride=eight"])

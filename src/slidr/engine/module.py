@@ -78,6 +78,10 @@ class PretrainModule(L.LightningModule):
         """The frozen image encoder, when the export must carry it (None: rebuilt from its weights file)."""
         return None
 
+    def teacher_record(self) -> Optional[dict[str, Any]]:
+        """The image teacher for the run's summary (:func:`slidr.models.image.describe_teacher`); None without one."""
+        return None
+
     def scans_in_batch(self, batch: dict) -> int:
         return int(batch["batch_size"])
 

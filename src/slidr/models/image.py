@@ -28,7 +28,7 @@ Missing or unexpected keys, or mismatched shapes, raise :class:`~slidr.errors.Sl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -247,6 +247,30 @@ def build_image_model(cfg: ImageModelConfig, head: bool = True) -> ImageTeacher:
                              tuple(metadata.get("weight_prefixes", ())) + COMMON_PREFIXES)
     return ImageTeacher(encoder, cfg.out_channels if head else None, cfg.normalize_output, cfg.freeze_encoder,
                         metadata.get("mean", IMAGENET_MEAN), metadata.get("std", IMAGENET_STD))
+
+
+def describe_teacher(cfg: ImageModelConfig) -> dict[str, Any]:
+    """The image teacher of ``cfg`` in words, for run summaries and result tables (``image.weights`` is resolved,
+    the network is not built).
+
+    Returns
+    -------
+    dict
+        ``encoder`` (``cfg.encoder``), ``weights`` (``cfg.weights`` as written, e.g. ``package:efficientnet-lite0``,
+        or None), ``weights_file`` (absolute path of the file its encoder loads; None: randomly initialised),
+        ``pretrained`` (whether the encoder loads weights), ``package`` (``distribution==version`` of a registered
+        packaged file, else None).
+
+    Raises
+    ------
+    SlidrError
+        ``package:`` weights that do not resolve (see :func:`slidr.models.pretrained.resolve_weights`).
+    """
+    if cfg.weights is None:
+        return {"encoder": cfg.encoder, "weights": None, "weights_file": None, "pretrained": False, "package": None}
+    path, packaged = resolve_weights(cfg.weights)
+    return {"encoder": cfg.encoder, "weights": cfg.weights, "weights_file": str(path.resolve()), "pretrained": True,
+            "package": f"{packaged.distribution}=={packaged.version}" if packaged is not None else None}
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | None = None,
