@@ -51,6 +51,12 @@ class PretrainModule(L.LightningModule):
         Batch builder for ``dataset``.
     """
 
+    #: whether the loss reads the 3D network's output (``model_points(x)``, through its last layer ``final``); False
+    #: for methods whose loss reads ``forward_features`` through a head of their own (ScaLR, DepthContrast), whose
+    #: ``final`` stays at its initialisation: analyses of the export (``slidr knn``) then read ``forward_features``,
+    #: the features the downstream tasks use
+    trains_output: bool = True
+
     def __init__(self, cfg: PretrainConfig, dataset: Optional[Dataset] = None,
                  collate: Optional[Callable] = None) -> None:
         super().__init__()

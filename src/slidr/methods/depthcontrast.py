@@ -83,6 +83,8 @@ class DepthContrastModule(PretrainModule):
         Default: :class:`TwoViews` and :func:`collate_two_views`.
     """
 
+    trains_output = False  # the loss reads forward_features (pooled, projected); ``final`` is untouched
+
     def __init__(self, cfg: PretrainConfig, model_points: Optional[nn.Module] = None,
                  dataset: Optional[Dataset] = None, collate: Optional[Callable] = None) -> None:
         super().__init__(cfg, dataset, collate)
