@@ -9,19 +9,27 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 # The CPU build tested here. GPU users: make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test demo gpu-check clean
+.PHONY: install lint test demo gpu-check clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock requirements-spconv.lock
+$(STAMP): pyproject.toml requirements.lock requirements-spconv.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q -r requirements-dev.lock
 	$(PY) -m pip install -q --no-deps -r requirements-spconv.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: $(STAMP)
+# Style (ruff), layers (import-linter, the contract of docs/ARCHITECTURE.md) and types (mypy); configured in
+# pyproject.toml. Each exits non-zero on a finding, which fails `make test`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests, which counts as a failure"; exit 1; fi; \
 	exit $$rc

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from slidr.config import PretrainConfig, VoxelConfig
-from slidr.errors import SlidrError
 from slidr.engine.checkpoint import export_pretrained, latest_checkpoint, load_backbone, load_export, save_atomic
+from slidr.errors import SlidrError
 
 
 def _net(out: int = 4) -> nn.Module:

@@ -74,7 +74,7 @@ def _build_index(tmp_path, num_samples=2, num_points=3000, labelled=True, superp
         rows, cols = np.mgrid[:HEIGHT, :WIDTH]
         labels = (rows // SPX_CELL) * SPX_COLUMNS + cols // SPX_CELL
         for sample in samples:
-            for channel, camera in sample["cameras"].items():
+            for camera in sample["cameras"].values():
                 write_labels(superpixel_path(folder, camera["image"]), labels)
     return index_path
 

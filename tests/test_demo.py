@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from slidr.errors import SlidrError
-
 import slidr.demo as demo
 from slidr.config import DemoConfig, load_config
-from slidr.methods.metrics import summarize
 from slidr.data.classes import NUSCENES_CLASSES
+from slidr.errors import SlidrError
+from slidr.methods.metrics import summarize
 from slidr.models.image import describe_teacher
 from slidr.models.pretrained import resolve_weights
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_sparse import one_thread  # noqa: F401 - autouse fixture: one torch thread
 from torch import nn
 
 from slidr.analysis import detection_experiment as experiment
@@ -42,6 +41,7 @@ from slidr.methods.detection import encode_boxes
 from slidr.methods.detection_eval import kitti_ap, read_kitti_objects
 from slidr.models.detection import BevGrid
 from slidr.models.sparse import SparseTensor
+from test_sparse import one_thread  # noqa: F401 - autouse fixture: one torch thread
 
 CLASSES = ["Car", "Pedestrian"]
 # a smaller BEV range than the demo config's (faster); the tiny world's labelled objects are within 60 m
@@ -209,6 +209,7 @@ def test_real_kitti_frames_keep_their_points_in_their_boxes(realdata, tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # The module
 # --------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_training_step_loss_falls_and_learning_rates_are_separate(tiny_kitti_object_index):
     cfg = demo_config(tiny_kitti_object_index, "optim.lr_head=0.01")
     torch.manual_seed(0)
@@ -397,6 +398,7 @@ def test_detect_pictures_are_written(detect_run):
     assert green > 100
 
 
+@pytest.mark.slow
 def test_detect_table_smoke(tiny_kitti_object_index, tmp_path):
     cfg = demo_config(tiny_kitti_object_index)
     backbone, _ = build_detection_model(cfg)
@@ -474,6 +476,10 @@ def test_learning_rate_search_never_scores_on_val(tmp_path):
     answer = experiment.search_learning_rates(base, [0.001, 0.003, 0.01], tmp_path, run=run)
     assert answer["best"] == 0.003 and seen[0] == ("parametrizing", "verifying", 0.001)
     assert "0.003 (best)" in (tmp_path / "lr_search.md").read_text()
+    # every candidate at 0 mAP (too short to detect anything): no best, and the report says so
+    tie = experiment.search_learning_rates(base, [0.001, 0.003], tmp_path / "tie",
+                                           run=lambda cfg, *a, **k: fake_summary(cfg, 0.0))
+    assert tie["best"] is None and "No best" in (tmp_path / "tie" / "lr_search.md").read_text()
     with pytest.raises(ConfigError, match="never on val"):
         experiment.search_learning_rates(base, [0.001], tmp_path, val_split="val", run=run)
 

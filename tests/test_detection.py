@@ -302,6 +302,7 @@ def nms_reference(boxes, scores, threshold, labels=None):
     return kept
 
 
+@pytest.mark.slow
 def test_lidar_bev_overlap_matches_shapely():
     rng = np.random.default_rng(5)
     boxes = np.column_stack([rng.uniform(0, 6, (30, 2)), rng.uniform(-1, 0, 30), rng.uniform(0.5, 4, (30, 3)),
@@ -350,6 +351,7 @@ def ground_truth(boxes, labels, classes=("Car", "Pedestrian", "Cyclist")):
                                camera[:, [4, 5, 3]], camera[:, :3], camera[:, 6])
 
 
+@pytest.mark.slow
 def test_perfect_predictions_reach_the_maximum_ap():
     rng = np.random.default_rng(7)
     frames = [random_frame(rng, 8) for _ in range(20)]

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from reference import kitti_eval_reference as reference
 
+from reference import kitti_eval_reference as reference
 from slidr.config import ConfigError
 from slidr.errors import DataError, SlidrError
 from slidr.methods.detection_eval import (

@@ -12,15 +12,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import dinov2 as reference
-from test_resnet import read_key_list
 from torch import nn
 
+from reference import dinov2 as reference
 from slidr.config import ConfigError, ImageModelConfig, PretrainConfig, load_config
 from slidr.errors import SlidrError
 from slidr.models import IMAGE_ENCODERS
 from slidr.models.dinov2 import dinov2_vitb14
 from slidr.models.image import build_image_model, load_encoder_weights
+from test_resnet import read_key_list
 
 RELEASE_KEYS = {
     "dinov2_vits14": "dinov2_vits14_official_keys.txt",

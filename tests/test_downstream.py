@@ -13,8 +13,8 @@ from torch import nn
 
 import slidr.methods.downstream as downstream
 from slidr.config import DownstreamConfig, load_config, with_changes
-from slidr.errors import SlidrError
 from slidr.engine.trainer import evaluation_trainer
+from slidr.errors import SlidrError
 from slidr.methods.downstream import DownstreamModule, evaluate_confusion, run_downstream, segmentation_loss
 
 NUM_CLASSES = 16  # nuScenes
@@ -59,8 +59,10 @@ def collate(samples: list[dict]) -> dict:
         labels.append(s["labels"])
         voxel_labels.append(s["voxel_labels"])
         offset += len(s["voxel_coords"])
-    return {"voxel_coords": torch.from_numpy(np.concatenate(coords)), "voxel_feats": torch.from_numpy(np.concatenate(feats)),
-            "inverse_map": torch.from_numpy(np.concatenate(inverse)), "labels": torch.from_numpy(np.concatenate(labels)),
+    return {"voxel_coords": torch.from_numpy(np.concatenate(coords)),
+            "voxel_feats": torch.from_numpy(np.concatenate(feats)),
+            "inverse_map": torch.from_numpy(np.concatenate(inverse)),
+            "labels": torch.from_numpy(np.concatenate(labels)),
             "voxel_labels": torch.from_numpy(np.concatenate(voxel_labels)), "batch_size": len(samples)}
 
 
@@ -141,6 +143,7 @@ def _brute_force_confusion(model: nn.Module, scans: list[dict]) -> torch.Tensor:
     return torch.from_numpy(counts)
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_process_evaluation_equals_one_process_and_brute_force(tiny_world):
     """The test loop of 2 gloo processes (scans split 3 / 2, batches of 2) sums to the 1-process confusion matrix."""
     cfg, factory = tiny_world
@@ -351,6 +354,7 @@ def stub_network(monkeypatch):
     monkeypatch.setattr(downstream, "build_segmentation_model", build)
 
 
+@pytest.mark.slow
 def test_every_downstream_run_trains_on_the_scans_its_config_names(tiny_index, tmp_path, stub_network):
     from slidr.data.index import load_index
     from slidr.methods.downstream import tokens_digest

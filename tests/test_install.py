@@ -47,7 +47,8 @@ def test_non_editable_install_runs_the_demo_and_resolves_every_packaged_config(t
                              capture_output=True, text=True, env=env, cwd=tmp_path)
     assert install.returncode == 0, install.stdout + install.stderr
     assert not (target / "slidr" / "configs").is_symlink()
-    assert sorted(p.name for p in (target / "slidr" / "configs").iterdir()) == ["demo", "detection", "downstream", "pretrain"]
+    packaged = sorted(p.name for p in (target / "slidr" / "configs").iterdir())
+    assert packaged == ["demo", "detection", "downstream", "pretrain"]
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

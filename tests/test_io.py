@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidr.data.io import (open_image, read_image, read_nuscenes_lidarseg, read_points, read_semantickitti_labels)
+from slidr.data.io import open_image, read_image, read_nuscenes_lidarseg, read_points, read_semantickitti_labels
 from slidr.errors import DataError
 
 LIDAR = "samples/LIDAR_TOP/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"

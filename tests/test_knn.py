@@ -76,6 +76,7 @@ def test_render_frames_and_gif(tmp_path):
         assert animation.n_frames == 2
 
 
+@pytest.mark.slow
 def test_knn_sequence_on_tiny_world(tiny_nuscenes_world, tmp_path):
     import json
 
@@ -83,8 +84,8 @@ def test_knn_sequence_on_tiny_world(tiny_nuscenes_world, tmp_path):
     from slidr.config import PretrainConfig, load_config
     from slidr.data.index import load_index
     from slidr.data.prepare_nuscenes import prepare_nuscenes
-    from slidr.errors import SlidrError
     from slidr.engine.checkpoint import export_pretrained
+    from slidr.errors import SlidrError
     from slidr.models.unet import build_backbone
 
     prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.npz")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from reference.scalr import scalr_loss
 from reference.stslidr import linear_quantile, stslidr_loss
-
 from slidr.config import ConfigError
 from slidr.data.pairing import one_camera_per_sample, pairs_in_labelled_superpixels
 from slidr.methods.losses import (

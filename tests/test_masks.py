@@ -335,7 +335,7 @@ def test_import_masks_for_an_index_and_read_them_through_the_dataset(world_index
     assert report["images"] == report["computed"] == images and report["key"] == "masks_sam"
     assert 0 < report["unlabelled_fraction_mean"] < 1 and report["segments_min"] >= 1
     folder = superpixel_dir(world_index, "masks", root=root, source="sam")
-    for (channel, image), (_, expected) in written.items():
+    for (_, image), (_, expected) in written.items():
         stored = superpixel_path(folder, image)
         assert np.array_equal(read_labels(stored), expected)
         assert read_segment_count(stored) == int(expected.max())

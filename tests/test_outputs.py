@@ -163,11 +163,10 @@ def test_failed_writes_name_the_file_and_keep_what_was_there(tmp_path):
 
 
 def test_a_failed_checkpoint_says_the_previous_one_is_intact(tmp_path):
-    from test_pretrain_trainer import _config, _train
+    import lightning as L
 
     from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints
-
-    import lightning as L
+    from test_pretrain_trainer import _config, _train
 
     class DiskFullFromEpoch(L.Callback):
         """The disk fills up during epoch 1: its checkpoint cannot be written."""

@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import paired_sample, tiny_pretrain_config
 from slidr.config import PretrainConfig, load_config
 from slidr.data.datasets import collate_pretrain
-from slidr.data.voxelize import point_features, voxelize
+from slidr.errors import SlidrError
 from slidr.methods.image_to_lidar import ImageToLidarModule
 from slidr.methods.pretrain import build_module
-from slidr.errors import SlidrError
-
-HEIGHT, WIDTH, CAMERAS = 32, 48, 2
-
-
-def _config(method="slidr", *overrides) -> PretrainConfig:
-    return load_config(PretrainConfig, None, [f"method={method}", "backbone.name=minkunet14_half",
-                                              "image.encoder=convnet_small", "trainer.batch_size=2",
-                                              "data.voxel.mode=cartesian", "data.voxel.size=0.5", *overrides])
-
-
-def _sample(seed: int, pairs: int = 300) -> dict:
-    rng = np.random.default_rng(seed)
-    points = np.concatenate([rng.uniform(-8, 8, (800, 3)), rng.uniform(0, 255, (800, 1))], 1).astype(np.float32)
-    coords, kept, inverse = voxelize(points, "cartesian", 0.5)
-    pairing_points = rng.choice(len(points), pairs, replace=False)
-    # pixels follow the point's position, so that a 3D network can learn which superpixel a point falls into
-    camera = (points[pairing_points, 0] > 0).astype(np.int64)
-    row = np.clip((points[pairing_points, 1] + 8) / 16 * HEIGHT, 0, HEIGHT - 1).astype(np.int64)
-    col = np.clip((points[pairing_points, 2] + 8) / 16 * WIDTH, 0, WIDTH - 1).astype(np.int64)
-    rows, cols = np.mgrid[:HEIGHT, :WIDTH]
-    superpixels = np.stack([(rows // 8) * 6 + cols // 8] * CAMERAS).astype(np.int64)
-    return {"points": points, "voxel_coords": coords, "voxel_feats": point_features(points[kept], "nuscenes"),
-            "inverse_map": inverse, "images": rng.normal(size=(CAMERAS, 3, HEIGHT, WIDTH)).astype(np.float32),
-            "pairing_points": pairing_points.astype(np.int64),
-            "pairing_images": np.stack([camera, row, col], 1).astype(np.int64), "superpixels": superpixels,
-            "token": f"t{seed}"}
 
 
 def _batch(pairs: int = 300) -> dict:
-    return collate_pretrain([_sample(0, pairs), _sample(1, pairs)])
+    return collate_pretrain([paired_sample(0, pairs), paired_sample(1, pairs)])
 
 
 def _module(method="slidr", *overrides) -> ImageToLidarModule:
     torch.manual_seed(0)
-    return build_module(_config(method, *overrides))
+    return build_module(tiny_pretrain_config(method, *overrides))
 
 
 @pytest.mark.parametrize("method", ["slidr", "ppkt"])

@@ -18,14 +18,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from slidr.config import load_config, PretrainConfig
-from slidr.errors import SlidrError
-from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint
-from slidr.engine.checkpoint import load_export
+from slidr.config import PretrainConfig, load_config
+from slidr.engine.checkpoint import CHECKPOINT_DIR, epoch_checkpoints, latest_checkpoint, load_export
 from slidr.engine.data import EpochSampler, ShardSampler
 from slidr.engine.distributed import gather_with_grad
 from slidr.engine.module import PretrainModule
 from slidr.engine.optim import CosineSchedule
+from slidr.errors import SlidrError
 from slidr.methods.pretrain import run_pretraining
 
 
@@ -218,6 +217,7 @@ class SaveRankWeights(L.Callback):
                     "offset": offset, "grad": local.grad}, self.out_dir / f"rank{rank}.pt")
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_process_cpu_ddp_ends_with_identical_weights(tmp_path):
     """Two gloo processes on different halves of the data: gradients are averaged, so weights stay equal."""
     cfg = _config(**{"trainer.epochs": 2, "trainer.devices": 2, "trainer.strategy": "ddp_spawn",
@@ -302,3 +302,18 @@ def test_a_new_method_is_one_module_trained_by_the_runner(tmp_path):
     assert not torch.equal(exported["model_points"]["weight"], initial.weight.detach())
     with pytest.raises(SlidrError, match="'centroid_regression' is not one of"):  # gone once unregistered
         _config(method="centroid_regression")
+
+
+def test_a_planned_step_budget_becomes_the_trainers(tmp_path):
+    """A method's ``planned_steps`` (PointContrast's ``pairs.equivalent_epochs``) sets the trainer's step budget and
+    lifts the epoch limit (the budget is the epoch loop's: ``fit_loop.max_steps`` cannot be assigned)."""
+    from slidr.engine.trainer import pretraining_trainer
+
+    class Planned:
+        cfg = _config()
+
+        def planned_steps(self, world_size: int) -> int:
+            return 3 * world_size
+
+    trainer = pretraining_trainer(Planned(), tmp_path, enable_progress_bar=False)
+    assert trainer.max_steps == 3 and trainer.fit_loop.max_steps == 3 and trainer.max_epochs == -1

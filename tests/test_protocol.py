@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from reference import slidr_release as release
 
+from reference import slidr_release as release
 from slidr.config import (
     AugmentConfig,
     BackboneConfig,

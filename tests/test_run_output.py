@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from slidr.config import DownstreamConfig, PretrainConfig, load_config, packaged_configs, packaged_config_class
+from slidr.config import DownstreamConfig, PretrainConfig, load_config, packaged_config_class, packaged_configs
 from slidr.engine import trainer as engine_trainer
 from slidr.engine.trainer import TimeEstimate, warn_if_sized_for_another_device
 
@@ -53,9 +53,9 @@ def test_training_runs_print_no_lightning_noise_and_leave_no_empty_folders(tmp_p
 def test_downstream_runs_print_no_lightning_noise(tmp_path, capfd, caplog, monkeypatch):
     import numpy as np
     import torch
-    from test_downstream import TinyBackbone, collate, make_scan
 
     import slidr.methods.downstream as downstream
+    from test_downstream import TinyBackbone, collate, make_scan
 
     rng = np.random.default_rng(0)
     codes = rng.normal(size=(17, 1)).astype(np.float32)

@@ -11,14 +11,25 @@ import pytest
 import yaml
 
 from slidr.cli.bench import bench_modules
-from slidr.cli.main import build_parser, command_modules, main
+from slidr.cli.main import build_parser, command_modules, main, overrides_first
 from slidr.cli.settings import CommandSettings, config_classes, field_of
-from slidr.config import (ConfigError, DemoConfig, DownstreamConfig, PretrainConfig, SuperpixelConfig,
-                          SuperpixelJobConfig, load_config, packaged_config_class, packaged_configs,
-                          resolve_config_path, save_config, with_changes)
+from slidr.config import (
+    ConfigError,
+    DemoConfig,
+    DownstreamConfig,
+    PretrainConfig,
+    SuperpixelConfig,
+    SuperpixelJobConfig,
+    load_config,
+    packaged_config_class,
+    packaged_configs,
+    resolve_config_path,
+    save_config,
+    with_changes,
+)
 
 # every command (and benchmark) with settings: its argv prefix and values for its required options
-REQUIRED = {"index": "data/index.json", "sample": "0", "pretrained": "runs/p/pretrained.pt", "dataroot": "data/ns",
+REQUIRED = {"index": "data/index.npz", "sample": "0", "pretrained": "runs/p/pretrained.pt", "dataroot": "data/ns",
             "root": "data/kitti"}
 
 
@@ -117,6 +128,23 @@ def test_overrides_after_options_of_other_commands():
         (3, "fh", 20)
     args = _resolve(["probe", "--out", "o", "--pretrained", "none", "trainer.epochs=2", "--resume"])
     assert args.settings.trainer.epochs == 2 and args.settings.pretrained is None and args.settings.mode == "probe"
+
+
+def test_overrides_after_a_list_option_are_not_taken_as_its_values(capsys):
+    """``--lrs 0.001 0.01 KEY=VALUE``: argparse would read the override as a third learning rate."""
+    import yaml
+
+    printed = _printed(["detect-lr", "--config", "detection/detect_demo_cpu.yaml", "--out", "o", "--lrs", "0.001",
+                        "0.01", "data.label_fraction=0.2", "trainer.seed=3"], capsys)
+    settings = yaml.safe_load(printed)
+    assert settings["data"]["label_fraction"] == 0.2 and settings["trainer"]["seed"] == 3
+    parser = build_parser()
+    argv = overrides_first(["detect-lr", "--lrs", "0.001", "a.b=1", "--out", "o", "c=2"], parser)
+    assert argv == ["detect-lr", "a.b=1", "--lrs", "0.001", "--out", "o", "c=2"]
+    assert parser.parse_known_args(argv)[0].lrs == [0.001]
+    # options whose values are overrides keep them
+    demo = ["demo", "--pretrain", "trainer.epochs=1", "--probe", "trainer.epochs=2"]
+    assert overrides_first(demo, parser) == demo
 
 
 def test_words_that_are_not_overrides_are_still_refused(capsys):

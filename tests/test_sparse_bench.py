@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_sparse import brute_force_multiply_adds, one_thread, random_sites  # noqa: F401 - autouse fixture
 
 from slidr.bench import resolve_device
 from slidr.bench.sparse import LAYER_KINDS, peak_table, record_layers
@@ -12,6 +11,7 @@ from slidr.config import BackboneConfig
 from slidr.errors import SlidrError
 from slidr.models.sparse import SparseTensor
 from slidr.models.unet import build_backbone
+from test_sparse import brute_force_multiply_adds, one_thread, random_sites  # noqa: F401 - autouse fixture
 
 
 def small_network():

@@ -7,8 +7,18 @@ import collections
 import numpy as np
 import pytest
 
-from slidr.data.splits import (LABEL_FRACTIONS, SEMANTICKITTI_SPLITS, every_kth_scan, every_kth_scene, minival_scenes,
-                               nuscenes_official_splits, paper_splits, scene_conditions, skip_step, stratified_minival)
+from slidr.data.splits import (
+    LABEL_FRACTIONS,
+    SEMANTICKITTI_SPLITS,
+    every_kth_scan,
+    every_kth_scene,
+    minival_scenes,
+    nuscenes_official_splits,
+    paper_splits,
+    scene_conditions,
+    skip_step,
+    stratified_minival,
+)
 from slidr.errors import DataError
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import PAIRED_HEIGHT, PAIRED_WIDTH, paired_sample, tiny_pretrain_config
 from slidr.config import ConfigError, DataConfig, PretrainConfig, load_config, with_changes
 from slidr.data.datasets import CameraSubsetDataset, PretrainDataset, collate_pretrain
 from slidr.engine.optim import CosineSchedule
@@ -24,47 +25,20 @@ from slidr.methods.pretrain import build_module, run_pretraining
 from slidr.models import sparse_input
 from slidr.models.image import upsample, upsampled_at_pixels
 
-HEIGHT, WIDTH, CAMERAS = 32, 48, 2
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Modules on a fixed hand-made batch
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _config(method, *overrides) -> PretrainConfig:
-    return load_config(PretrainConfig, None, [f"method={method}", "backbone.name=minkunet14_half",
-                                              "image.encoder=convnet_small", "trainer.batch_size=2",
-                                              "data.voxel.mode=cartesian", "data.voxel.size=0.5", *overrides])
-
-
-def _sample(seed: int, pairs: int = 300) -> dict:
-    from slidr.data.voxelize import point_features, voxelize
-
-    rng = np.random.default_rng(seed)
-    points = np.concatenate([rng.uniform(-8, 8, (800, 3)), rng.uniform(0, 255, (800, 1))], 1).astype(np.float32)
-    coords, kept, inverse = voxelize(points, "cartesian", 0.5)
-    pairing_points = rng.choice(len(points), pairs, replace=False)
-    camera = (points[pairing_points, 0] > 0).astype(np.int64)
-    row = np.clip((points[pairing_points, 1] + 8) / 16 * HEIGHT, 0, HEIGHT - 1).astype(np.int64)
-    col = np.clip((points[pairing_points, 2] + 8) / 16 * WIDTH, 0, WIDTH - 1).astype(np.int64)
-    rows, cols = np.mgrid[:HEIGHT, :WIDTH]
-    superpixels = np.stack([(rows // 8) * 6 + cols // 8] * CAMERAS).astype(np.int64)
-    superpixels[:, :10, :20] = 0  # the "no mask" id of imported masks, on some pairs
-    return {"points": points, "voxel_coords": coords, "voxel_feats": point_features(points[kept], "nuscenes"),
-            "inverse_map": inverse, "images": rng.normal(size=(CAMERAS, 3, HEIGHT, WIDTH)).astype(np.float32),
-            "pairing_points": pairing_points.astype(np.int64),
-            "pairing_images": np.stack([camera, row, col], 1).astype(np.int64), "superpixels": superpixels,
-            "token": f"t{seed}"}
 
 
 def _batch() -> dict:
-    return collate_pretrain([_sample(0), _sample(1)])
+    return collate_pretrain([paired_sample(0, unmasked_corner=True), paired_sample(1, unmasked_corner=True)])
 
 
 def _module(method, *overrides):
     torch.manual_seed(0)
-    return build_module(_config(method, *overrides)).train()
+    return build_module(tiny_pretrain_config(method, *overrides)).train()
 
 
 @pytest.mark.parametrize("overrides", [(), ("scalr.head=mlp", "scalr.head_hidden=32", "scalr.distance=cosine")])
@@ -78,7 +52,7 @@ def test_scalr_module_computes_the_pure_loss(overrides):
         features = module.model_points.forward_features(sparse_input(batch))
         points = module.head(features[batch["inverse_map"][batch["pairing_points"]]])
         teacher = module.model_images.encoder.forward_features(batch["images"])  # ImageNet weights: no renorm
-        pixels = losses.features_at_pixels(upsample(teacher, (HEIGHT, WIDTH)), batch["pairing_images"])
+        pixels = losses.features_at_pixels(upsample(teacher, (PAIRED_HEIGHT, PAIRED_WIDTH)), batch["pairing_images"])
         expected, _ = losses.cosine_distillation(points, pixels, module.cfg.scalr.distance)
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
     assert stats["pairs"] == 600 and 0 < float(loss.detach()) < 2
@@ -168,13 +142,13 @@ def test_methods_refuse_settings_they_cannot_use():
     with pytest.raises(ConfigError, match="frozen teacher"):
         _module("scalr", "image.freeze_encoder=false")
     with pytest.raises(ConfigError, match="head_hidden"):
-        _config("scalr", "scalr.head_hidden=16")
+        tiny_pretrain_config("scalr", "scalr.head_hidden=16")
     with pytest.raises(ConfigError, match="scalr.max_points must be > 0"):
-        _config("scalr", "scalr.max_points=0")
+        tiny_pretrain_config("scalr", "scalr.max_points=0")
     with pytest.raises(ConfigError, match="min_quantile .* must not exceed"):
-        _config("stslidr", "loss.min_quantile=0.5", "loss.max_quantile=0.4")
+        tiny_pretrain_config("stslidr", "loss.min_quantile=0.5", "loss.max_quantile=0.4")
     with pytest.raises(ConfigError, match="warmup_steps must be >= 0"):
-        _config("scalr", "optim.warmup_steps=-1")
+        tiny_pretrain_config("scalr", "optim.warmup_steps=-1")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,8 +11,13 @@ from PIL import Image
 
 from conftest import TINY_WORLD
 from slidr.cli.main import main
-from slidr.data.classes import (NUSCENES_CATEGORIES, NUSCENES_CLASSES, NUSCENES_LEARNING_MAP,
-                                SEMANTICKITTI_RAW_LABELS, map_semantickitti_labels)
+from slidr.data.classes import (
+    NUSCENES_CATEGORIES,
+    NUSCENES_CLASSES,
+    NUSCENES_LEARNING_MAP,
+    SEMANTICKITTI_RAW_LABELS,
+    map_semantickitti_labels,
+)
 from slidr.data.synth import generate_world, nuscenes_writer
 from slidr.data.synth.generate import lidar_scan, scene_world
 from slidr.data.synth.raycast import cast_rays
@@ -96,6 +101,7 @@ def test_every_camera_of_every_sample_gets_points(nusc):
     assert summary["pairs_per_camera"] == pytest.approx(np.mean(counts), abs=1.0)
 
 
+@pytest.mark.slow
 def test_projected_lidar_labels_match_semantic_maps(nusc, tiny_nuscenes_world):
     """Independent projection (devkit chain with pyquaternion); occlusion decided by a ray from the camera."""
     conditions = plan_scenes(TINY_WORLD["scenes"], TINY_WORLD["seed"])

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from slidr.data.synth.raycast import (BOX, CONE, CYLINDER, ELLIPSOID, build_grid, cast_rays,
-                                      cast_rays_brute_force)
+from slidr.data.synth.raycast import BOX, CONE, CYLINDER, ELLIPSOID, build_grid, cast_rays, cast_rays_brute_force
 from slidr.data.synth.sensors import matrix_to_quaternion, quaternion_to_matrix
 
 

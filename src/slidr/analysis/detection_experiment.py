@@ -370,7 +370,7 @@ def search_learning_rates(base: DetectionConfig, learning_rates: Sequence[float]
                           run: Callable[..., dict] = detect, enable_progress_bar: bool = False) -> dict:
     """Train ``base`` at each learning rate on ``train_split``, score it on ``val_split``; write ``lr_search.md`` /
     ``.json`` into ``out`` and return ``{"results": [{"lr", "map_moderate", "wall_s"}], "best": lr}`` (the best
-    moderate 3D mAP; BEV breaks ties).
+    moderate 3D mAP; BEV breaks ties; None when every candidate scores the same).
 
     Raises
     ------
@@ -400,7 +400,9 @@ def search_learning_rates(base: DetectionConfig, learning_rates: Sequence[float]
         values = entry["map_moderate"]
         return tuple(-math.inf if values.get(m) is None else values[m] for m in TABLE_METRICS)  # type: ignore
 
-    best = max(results, key=score)["lr"]
+    # a tie between every candidate (e.g. all at 0 mAP: too few steps to detect anything) chooses nothing
+    tied = len(results) > 1 and len({score(entry) for entry in results}) == 1
+    best = None if tied else max(results, key=score)["lr"]
     lines = [f"# Learning-rate search: train {train_split}, score {val_split}\n",
              "| lr | mAP 3D mod. | mAP BEV mod. | wall s |", "|---:|---:|---:|---:|"]
     for entry in results:
@@ -408,6 +410,9 @@ def search_learning_rates(base: DetectionConfig, learning_rates: Sequence[float]
         lines.append(f"| {entry['lr']:g}{' (best)' if entry['lr'] == best else ''} | "
                      + " | ".join("n/a" if values.get(m) is None else f"{values[m]:.1f}" for m in TABLE_METRICS)
                      + f" | {entry['wall_s'] or 0:.0f} |")
+    if tied:
+        lines.append("\nNo best: every candidate scores the same, so the search decides nothing (train longer).")
+        logger.warning("warning: detect-lr: every learning rate scores the same on %s; no best chosen", val_split)
     answer = {"train_split": train_split, "val_split": val_split, "results": results, "best": best}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "lr_search.md", "\n".join(lines) + "\n")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -170,13 +170,16 @@ def render_frame(frame: KnnFrame, class_names: Sequence[str], path: str | Path, 
     bev.set_xticks([])
     bev.set_yticks([])
     if with_camera:
+        # image, point_index and pixel_rc are given together
+        image, point_index = cast(np.ndarray, frame.image), cast(np.ndarray, frame.point_index)
+        pixel_rc = cast(np.ndarray, frame.pixel_rc)
         camera = axes[0, 1]
-        camera.imshow(frame.image)
-        order = np.argsort(frame.probabilities[frame.point_index].max(axis=1))
-        camera.scatter(frame.pixel_rc[order, 1], frame.pixel_rc[order, 0], s=2.0, linewidths=0,
-                       c=point_colours[frame.point_index][order])
-        camera.set_xlim(0, frame.image.shape[1])
-        camera.set_ylim(frame.image.shape[0], 0)
+        camera.imshow(image)
+        order = np.argsort(frame.probabilities[point_index].max(axis=1))
+        camera.scatter(pixel_rc[order, 1], pixel_rc[order, 0], s=2.0, linewidths=0,
+                       c=point_colours[point_index][order])
+        camera.set_xlim(0, image.shape[1])
+        camera.set_ylim(image.shape[0], 0)
         camera.set_title("camera overlay")
         camera.axis("off")
     legend = [Patch(color=colour, label=name) for name, colour in zip(class_names, colours)]
@@ -270,6 +273,7 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     if scene not in dataset_index.scenes:
         raise SlidrError(f"scene {scene!r} is not in {data_cfg.index}")
     has_camera = camera is not None and camera in (dataset_index.samples[0].get("cameras") or {})
+    dataset: PretrainDataset | DownstreamDataset
     if has_camera:
         data_cfg = with_changes(data_cfg, {"cameras": [camera]})
         dataset = PretrainDataset(dataset_index, None, data_cfg, train=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 import torch
@@ -154,7 +154,8 @@ def load_pretrained_networks(pretrained: str | Path, voxel_cfg=None) -> tuple[An
     model_images = build_image_model(image_cfg)
     if encoder_state is not None:
         model_images.encoder.load_state_dict(encoder_state)
-    model_images.head.load_state_dict(payload["model_images_head"])
+    # a pretraining teacher has a head (image.out_channels is set)
+    cast(torch.nn.Conv2d, model_images.head).load_state_dict(payload["model_images_head"])
     return cfg, model_points.eval(), model_images.eval()
 
 

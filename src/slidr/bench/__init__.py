@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from slidr.cli.settings import Flag
 from slidr.config import ConfigBase, setting
-from slidr.errors import SlidrError, UsageError
+from slidr.errors import UsageError
 
 if TYPE_CHECKING:
     import torch

@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 import numpy as np
 
@@ -146,9 +146,10 @@ def _measure(index_path: Path, cfg, repeats: int, reference: bool, tmp: Path) ->
         superpixel_agreement.append(float((fast["superpixels"] == slow["superpixels"]).mean()))
 
     fast_ms = _median_ms(fast_totals)
-    data = {"ms_per_sample": fast_ms, "cpu_ms_per_sample": _median_ms(fast_cpu), "points": len(fast["points"]),
-            "pairs": len(fast["pairing_points"]), "cameras": len(cfg.cameras), "image_size": list(cfg.image_size),
-            "repeats": repeats}
+    data: dict[str, Any] = {
+        "ms_per_sample": fast_ms, "cpu_ms_per_sample": _median_ms(fast_cpu), "points": len(fast["points"]),
+        "pairs": len(fast["pairing_points"]), "cameras": len(cfg.cameras), "image_size": list(cfg.image_size),
+        "repeats": repeats}
     rows = []
     for stage in STAGES:
         row = {"stage": stage, "slidr_ms": _median_ms([t.get(stage, 0.0) for t in fast_stages])}
@@ -246,7 +247,9 @@ def _superpixel_storage(index, sample: dict, cfg, folder: Path, out: Path, crops
         ("8-bit PNG, Pillow (authors)", ".png", pillow_png, png8),
         ("uint8/16 .npy, memory-mapped", ".npy", small_npy, npy),
     ]
-    maps = [read_labels(find_superpixel_file(folder, channel, sample["cameras"][channel]["image"], index.format))
+    # the files this benchmark computed above
+    maps = [read_labels(cast(Path, find_superpixel_file(folder, channel, sample["cameras"][channel]["image"],
+                                                          index.format)))
             for channel in cfg.cameras]
     rng = np.random.default_rng(0)
     transforms = [ImageTransform(*random_crop_box(labels.shape, rng, cfg.augment.crop_min_area,

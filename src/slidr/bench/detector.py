@@ -17,7 +17,7 @@ import argparse
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from slidr.errors import DataError
 from slidr.methods.detection import detection_loss, encode_targets
 from slidr.models.detection import build_detector
 from slidr.models.sparse import SparseTensor
-from slidr.models.unet import PRESETS, build_backbone
+from slidr.models.unet import PRESETS, SRUNet, build_backbone
 
 NAME = "detector"
 HELP = "BEV detector forward+backward per scan: backbone alone vs whole detector, several backbones side by side"
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     detectors = {}
     for name in args.backbones:
         torch.manual_seed(args.seed)
-        detectors[name] = build_detector(build_backbone(BackboneConfig(name=name, normalize_output=False)),
+        backbone = cast(SRUNet, build_backbone(BackboneConfig(name=name, normalize_output=False)))  # a U-Net preset
+        detectors[name] = build_detector(backbone,
                                          head_cfg).train().to(device)
     targets = encode_targets([BOXES], [np.array([0, 1, 2])], next(iter(detectors.values())).grid,
                              len(head_cfg.classes), device=device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,11 +82,13 @@ def run(args: argparse.Namespace) -> BenchResult:
     for name, fn in (("slidr", slidr_loss), ("onehot", onehot_loss)):
         _clear_grads(batch)
         fn().backward()
-        grads[name] = (batch["point_features"].grad.clone(), batch["pixel_features"].grad.clone())
+        grads[name] = tuple(cast(torch.Tensor, batch[key].grad).clone()  # set by backward()
+                            for key in ("point_features", "pixel_features"))
     grad_diff = max((a - b).abs().max().item() for a, b in zip(grads["slidr"], grads["onehot"]))
     del grads
 
-    rows, data = [], {}
+    rows: list[dict] = []
+    data: dict[str, Any] = {}
     for name, fn in (("slidr", slidr_loss), ("onehot", onehot_loss)):
         def forward_backward(fn=fn):
             _backward(fn, batch)

@@ -29,7 +29,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 import torch
@@ -248,7 +248,7 @@ def record_layers(model: nn.Module, x: SparseTensor) -> list[LayerRecord]:
     records: list[LayerRecord] = []
 
     def hook(module: nn.Module, inputs: tuple, _output: Any) -> None:
-        kind = layer_kind(module)
+        kind = cast(str, layer_kind(module))  # hooked on layers with a kind only
         value = inputs[0]
         if isinstance(module, _SparseConvBase):
             kernel_map = module.kernel_map(value)
@@ -256,9 +256,10 @@ def record_layers(model: nn.Module, x: SparseTensor) -> list[LayerRecord]:
                                        kernel_map.num_out, module.in_channels, module.out_channels,
                                        module.kernel_size**3))
         else:
+            linear = cast(nn.Linear, module)  # the only other kind
             rows = value.reshape(-1, value.shape[-1]).shape[0]
-            records.append(LayerRecord(kind, module, value, rows * module.in_features * module.out_features, rows,
-                                       rows, module.in_features, module.out_features, 1))
+            records.append(LayerRecord(kind, linear, value, rows * linear.in_features * linear.out_features, rows,
+                                       rows, linear.in_features, linear.out_features, 1))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if layer_kind(m) is not None]
     try:
@@ -273,7 +274,7 @@ def record_layers(model: nn.Module, x: SparseTensor) -> list[LayerRecord]:
 def _replay(records: list[LayerRecord], seed: int) -> Callable[[], None]:
     """Forward+backward of each recorded layer alone, on its recorded input, with a fixed upstream gradient."""
     generator = torch.Generator().manual_seed(seed)
-    prepared = []
+    prepared: list[tuple[nn.Module, Optional[SparseTensor], torch.Tensor, torch.Tensor]] = []
     for record in records:
         if isinstance(record.inputs, SparseTensor):
             x = record.inputs
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             data["voxels_per_scan"] = data["voxels_per_scan"] or [len(s) for s in scans]
             ours = _Step(model, coords, feats, probe)
             spconv_here = reference is not None and (threads == 1 or not on_cpu)
-            theirs = _Step(reference, coords, feats, probe) if spconv_here else None
+            theirs = _Step(reference, coords, feats, probe) if reference is not None and spconv_here else None
             ours()  # warm-up (first-touch allocations, lazy inits)
             if theirs is not None:
                 theirs()

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import Any, Callable
+from collections.abc import Sized
+from typing import Any, Callable, cast
 
 from slidr.bench import BenchResult, MemoryPeak, add_device_option, resolve_device, timed
 from slidr.cli.settings import CommandSettings, count
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         return out, seconds * 1000
 
     def load(number: int) -> tuple[dict, float]:
-        items = [((number * size + i) % len(dataset), derive_seed(cfg.trainer.seed, number, i)) for i in range(size)]
+        count = len(cast(Sized, dataset))
+        items = [((number * size + i) % count, derive_seed(cfg.trainer.seed, number, i)) for i in range(size)]
         return timed_ms(lambda: module.select_pairs({k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
                                                      for k, v in collate([seeded[item] for item in items]).items()}))
 
@@ -105,15 +107,16 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     measures = {backend: _measures(rows, size) for backend, rows in records.items()}
     ours = measures[backends[0]]
-    rows = [{"stage": stage.removesuffix("_ms"), "ms": round(ours[stage], 1),
+    rows: list[dict[str, Any]] = [{"stage": stage.removesuffix("_ms"), "ms": round(ours[stage], 1),
              "share": f"{100 * ours[stage] / ours['step_ms']:.0f}%"} for stage in STAGES]
     rows.append({"stage": "total", "ms": round(ours["step_ms"], 1), "share": "100%"})
-    data = {**{key: round(value, 2) for key, value in ours.items()}, "batch_size": size, "method": cfg.method,
-            "backbone": cfg.backbone.name, "backend": cfg.backbone.backend, "image_encoder": cfg.image.encoder,
-            "device": str(device), "image_size": cfg.data.image_size,
-            "voxels_per_batch": statistics.median(r["voxels"] for r in records[backends[0]]),
-            "pairs_per_batch": statistics.median(r["pairs"] for r in records[backends[0]]),
-            "steps": records[backends[0]]}
+    data: dict[str, Any] = {
+        **{key: round(value, 2) for key, value in ours.items()}, "batch_size": size, "method": cfg.method,
+        "backbone": cfg.backbone.name, "backend": cfg.backbone.backend, "image_encoder": cfg.image.encoder,
+        "device": str(device), "image_size": cfg.data.image_size,
+        "voxels_per_batch": statistics.median(r["voxels"] for r in records[backends[0]]),
+        "pairs_per_batch": statistics.median(r["pairs"] for r in records[backends[0]]),
+        "steps": records[backends[0]]}
     memory_kind = "GPU memory held by tensors" if device.type == "cuda" else "process resident set"
     notes = [f"{cfg.method}, {cfg.backbone.name} ({cfg.backbone.backend}), {cfg.image.encoder}, batch {size}, "
              f"{device}; medians over {args.steps} steps",

@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from slidr.bench import DEVICE_FLAG, BenchResult, DeviceSetting, cpu_only_notes
 from slidr.cli.settings import CommandSettings, Flag
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> BenchResult:
             for copy in range(cfg.copies) for path in images]
     with Image.open(images[0]) as first:
         size = f"{first.width}x{first.height}"
-    rows, data = [], {"images": len(jobs), "image_size": size, "method": method_key(method, n_segments)}
+    rows: list[dict] = []
+    data: dict[str, Any] = {"images": len(jobs), "image_size": size, "method": method_key(method, n_segments)}
     with tempfile.TemporaryDirectory(prefix="slidr-bench-superpixels-") as tmp:
         for workers in (1, 2):
             report = compute_index_superpixels(jobs, Path(tmp) / f"workers{workers}", method, n_segments,

@@ -17,8 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slidr.config import (load_config, packaged_config_class, packaged_config_dir, packaged_configs,
-                              resolve_config_path)
+    from slidr.config import (
+        load_config,
+        packaged_config_class,
+        packaged_config_dir,
+        packaged_configs,
+        resolve_config_path,
+    )
 
     if args.name is not None:
         print(resolve_config_path(args.name).read_text(), end="")

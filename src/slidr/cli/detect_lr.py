@@ -33,5 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     answer = search_learning_rates(args.settings, args.lrs, args.out, args.train_split, args.val_split)
     print((Path(args.out) / "lr_search.md").read_text(), end="")
-    print(f"best learning rate on {args.val_split}: {answer['best']:g}")
+    if answer["best"] is None:
+        print(f"no best learning rate on {args.val_split}: every candidate scores the same")
+    else:
+        print(f"best learning rate on {args.val_split}: {answer['best']:g}")
     return 0

@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, cast
 
 from slidr.cli.settings import CommandSettings, Flag
 from slidr.config import ConfigBase, ConfigError, at_least, positive, setting, subkey
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         "passed": all(entry["status"] == "ok" for entry in benches.values()),
         "device": str(device), "tiny": cfg.tiny, "budget_s": cfg.budget_s,
         "wall_s": round(time.monotonic() - start, 1),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "environment": environment, "spconv": spconv, "data": data, "benches": benches,
         "skipped": [f"{key}: {entry['reason']}" for key, entry in benches.items() if entry["status"] == "skipped"]
         + ([] if spconv["usable"] else [f"the spconv side of sparse and step: {spconv['status']}"]),
@@ -283,7 +283,7 @@ def check_spconv(device: Any) -> dict[str, Any]:
             out = network(SparseTensor(coords, feats)).feats
             out.square().sum().backward()
             outputs.append(out.detach())
-            grads.append(torch.cat([p.grad.flatten() for p in network.parameters()]))
+            grads.append(torch.cat([cast(torch.Tensor, p.grad).flatten() for p in network.parameters()]))  # backward
         error = max(((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
                     for a, b in ((outputs[0], outputs[1]), (grads[0], grads[1])))
         info["max_rel_err"] = error

@@ -46,12 +46,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def overrides_first(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``argv`` with the ``KEY=VALUE`` overrides that follow a list option (``--lrs 0.001 0.01 optim.x=1``) moved
+    before the command's options: argparse would otherwise take them as values of that option. Options whose values
+    are themselves overrides (``slidr demo --pretrain KEY=VALUE ...``) keep theirs."""
+    from slidr.cli.settings import is_override
+
+    subparsers = next((action for action in parser._actions if isinstance(action, argparse._SubParsersAction)), None)
+    position = next((i for i, word in enumerate(argv) if subparsers and word in subparsers.choices), None)
+    if subparsers is None or position is None:
+        return argv
+    command = subparsers.choices[argv[position]]
+    list_options = {option for action in command._actions if action.nargs in ("+", "*") and action.option_strings
+                    and action.metavar != "KEY=VALUE" for option in action.option_strings}
+    kept, moved, in_list = [], [], False
+    for word in argv[position + 1:]:
+        if word.startswith("-"):
+            in_list = word.split("=", 1)[0] in list_options
+        elif in_list and is_override(word):
+            moved.append(word)
+            continue
+        kept.append(word)
+    return [*argv[:position + 1], *moved, *kept]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``slidr`` with ``argv``; returns the exit code (0 done, 1 the work failed, 2 the command line is wrong,
     130 interrupted). Errors are one line on stderr, never a traceback (``-v`` adds it for unexpected ones)."""
     from slidr.cli.settings import check_outputs, prepare_settings
 
     parser = build_parser()
+    argv = overrides_first(list(sys.argv[1:] if argv is None else argv), parser)
     # parse_known_args: KEY=VALUE overrides after an option are left over by argparse, and placed here
     args, extras = parser.parse_known_args(argv)
     if args.command is None:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                 "label_2}, optional testing/ and ImageSets/*.txt splits")
     for sub, settings in ((nuscenes, NUSCENES), (kitti, SEMANTICKITTI), (objects, KITTI_OBJECT)):
         settings.add_arguments(sub)
-        sub.add_argument("--out", help="index file to write (required)")
+        sub.add_argument("--out", help="index file to write, an .npz whatever its name (e.g. data/index.npz; required)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -217,10 +217,10 @@ class CommandSettings:
             settings: Any = load_config(self.cls, path, [*overrides, *flagged, *fixed])
             return self.finalize(settings) if self.finalize is not None else settings
         except ConfigError as error:
-            flag = next((f for f in self.flags if error.key == f.key), None)
-            if error.missing and flag is not None:
-                raise ConfigError(f"{flag.option_string} is required (or {flag.key} in a --config file)"
-                                  if self.config else f"{flag.option_string} is required", key=error.key,
+            missing = next((f for f in self.flags if error.key == f.key), None)
+            if error.missing and missing is not None:
+                raise ConfigError(f"{missing.option_string} is required (or {missing.key} in a --config file)"
+                                  if self.config else f"{missing.option_string} is required", key=error.key,
                                   missing=True) from None
             raise
 

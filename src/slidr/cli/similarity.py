@@ -1,4 +1,5 @@
-"""``slidr similarity``: the seed's Figures 4 and 5, similarity of a query point's 3D feature with 2D and 3D features."""
+"""``slidr similarity``: the seed's Figures 4 and 5, similarity of a query point's 3D feature with 2D and 3D
+features."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg: SimilarityConfig = args.settings
     result = similarity_figure(cfg.pretrained, args.out, index=cfg.index, sample=cfg.sample, camera=cfg.camera,
-                               query_index=cfg.point, query_pixel=tuple(cfg.pixel) if cfg.pixel else None,
+                               query_index=cfg.point, query_pixel=(cfg.pixel[0], cfg.pixel[1]) if cfg.pixel else None,
                                query_class=cfg.query_class, seed=cfg.seed)
     print(json.dumps(result, indent=2))
     return 0

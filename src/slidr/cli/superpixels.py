@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import cast
 
 from slidr.cli.settings import CommandSettings, Flag, Output
 from slidr.config import SuperpixelJobConfig
@@ -33,7 +34,8 @@ def _superpixel_folder(args: argparse.Namespace):
 
     cfg: SuperpixelJobConfig = args.settings
     sp = cfg.superpixels
-    source = mask_set_name(cfg.from_dir, sp.source) if sp.method == "masks" else None
+    # the config holds from_dir exactly when the method is masks
+    source = mask_set_name(cast(str, cfg.from_dir), sp.source) if sp.method == "masks" else None
     return superpixel_dir(cfg.index, sp.method, sp.n_segments, sp.root, source)
 
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     cfg: SuperpixelJobConfig = args.settings
     sp = cfg.superpixels
     shard = parse_shard(cfg.shard)
-    source = mask_set_name(cfg.from_dir, sp.source) if sp.method == "masks" else None
+    source = mask_set_name(cast(str, cfg.from_dir), sp.source) if sp.method == "masks" else None  # see above
     index = load_index(cfg.index)
     folder = superpixel_dir(cfg.index, sp.method, sp.n_segments, sp.root, source)
     jobs = shard_jobs(image_jobs(index.samples, index.root, cfg.cameras), shard)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     # label PNGs of earlier versions (<CHANNEL>/<stem>.png): converted where that layout gave each image its own file
     convert_legacy = legacy_layout_is_unique(index.format)
     if sp.method == "masks":
-        report = import_index_masks(jobs, image_sizes(index.samples), cfg.from_dir, folder, cfg.fill,
+        report = import_index_masks(jobs, image_sizes(index.samples), cast(str, cfg.from_dir), folder, cfg.fill,
                                     cfg.resize_masks, cfg.workers, not args.no_progress, report_name,
                                     convert_legacy=convert_legacy, channel_layout=convert_legacy)
     else:

@@ -362,7 +362,7 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
     train = cfg.enabled and rng is not None
     keep = np.ones(len(xyz), bool)
     cuboid_fell_back = False
-    if train:
+    if train and rng is not None:  # train implies an rng; the check tells the type checker
         xyz = rotate_flip_points(xyz, rng, cfg.rotate_z, cfg.flip_prob)
         if cfg.drop_cuboid:
             per_camera = cfg.cuboid_rule == "per_camera"
@@ -376,7 +376,7 @@ def augment_pairs(xyz: np.ndarray, pairing_points: np.ndarray, pairing_images: n
     new_pixels = np.zeros((len(pairing_points), 2), np.int64)
     for camera, pairs in enumerate(_camera_groups(pairing_images[:, 0], len(image_hws))):
         pixel_rc = pairing_images[pairs, 1:]
-        if train:
+        if train and rng is not None:
             transform = choose_image_transform(image_hws[camera], pixel_rc, rng, cfg)
         else:
             transform = full_image_transform(image_hws[camera])

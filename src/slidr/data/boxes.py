@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import numpy as np
 
@@ -492,7 +492,7 @@ class KittiLabels:
             dimensions=np.concatenate([p.dimensions for p in parts]),
             location=np.concatenate([p.location for p in parts]),
             rotation_y=np.concatenate([p.rotation_y for p in parts]),
-            score=None if any(s is None for s in scores) else np.concatenate(scores))
+            score=None if any(s is None for s in scores) else np.concatenate(cast(list[np.ndarray], scores)))
 
 
 def parse_kitti_labels(text: str, source: str = "label_2 text", scores: Optional[bool] = None) -> KittiLabels:

@@ -403,7 +403,7 @@ def _collate_voxels(samples: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-def _voxel_part(points: np.ndarray, dataset: str, cfg: DataConfig) -> dict[str, np.ndarray]:
+def _voxel_part(points: np.ndarray, dataset: str, cfg: DataConfig) -> dict[str, Any]:
     coords, kept_index, inverse_map = voxelize(points, cfg.voxel.mode, cfg.voxel.size, cfg.voxel.azimuth_step_deg)
     return {
         "points": np.ascontiguousarray(points, dtype=np.float32),

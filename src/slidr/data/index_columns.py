@@ -24,7 +24,7 @@ arrays. ``numpy.load`` opens it; nothing is pickled.
 from __future__ import annotations
 
 import json
-from typing import Any, BinaryIO, Iterator, Mapping, Optional, Sequence
+from typing import Any, BinaryIO, Iterator, Mapping, Optional, Sequence, cast
 
 import numpy as np
 
@@ -151,7 +151,7 @@ class JsonColumn(TextColumn):
         return cls(text_column.data, text_column.offsets)
 
     def __getitem__(self, i: int) -> Any:
-        return json.loads(super().__getitem__(i))
+        return json.loads(cast(str, super().__getitem__(i)))  # JSON texts are never null
 
 
 class TabledColumn:
@@ -160,7 +160,7 @@ class TabledColumn:
     def __init__(self, table: Column, index: np.ndarray):
         self.table = table
         self.index = _read_only(index)
-        self.kind = table.kind
+        self.kind: str = table.kind
 
     def __len__(self) -> int:
         return len(self.index)
@@ -207,7 +207,7 @@ class Columns:
         self.present = {path: _read_only(mask) for path, mask in present.items()}
 
     @classmethod
-    def from_samples(cls, samples: Sequence[dict]) -> Columns:
+    def from_samples(cls, samples: Sequence[Mapping]) -> Columns:
         """Columns of sample dicts (nested dicts; leaves are numbers, arrays, strings, None or JSON values).
 
         Raises
@@ -388,10 +388,11 @@ def read_columns(source: Any) -> tuple[dict[str, Any], Columns]:
             if name != HEADER_MEMBER:
                 number, _, part = name.partition(".")
                 arrays_of.setdefault(int(number[1:]), {})[part] = members[name]
-    columns, present = {}, {}
+    columns: dict[str, Column] = {}
+    present: dict[str, np.ndarray] = {}
     for j, entry in enumerate(header.pop("columns")):
         arrays = arrays_of.get(j, {})
-        column = _FORMS[entry["kind"]].from_arrays(arrays)
+        column: Column = _FORMS[entry["kind"]].from_arrays(arrays)
         if entry["tabled"]:
             index = arrays["index"]
             if index.size and not 0 <= index.min() <= index.max() < len(column):

@@ -36,8 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from slidr.data.boxes import (BOX_DIM, KittiLabels, kitti_camera_to_lidar, kitti_velo_to_rect,
-                              read_kitti_calibration, read_kitti_labels)
+from slidr.data.boxes import (
+    BOX_DIM,
+    KittiLabels,
+    kitti_camera_to_lidar,
+    kitti_velo_to_rect,
+    read_kitti_calibration,
+    read_kitti_labels,
+)
 from slidr.data.index import DatasetIndex, load_index, write_index
 from slidr.errors import DataError
 from slidr.utils.log import logger

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, cast
 
 import numpy as np
 
@@ -214,7 +214,7 @@ def stream_table(folder: Path, name: str, chunk_size: int = 1 << 22) -> Iterator
             raise DataError(f"nuScenes table {path} is not a JSON array")
         position = 1
         while True:
-            position = _BETWEEN_RECORDS.match(buffer, position).end()
+            position = cast(re.Match, _BETWEEN_RECORDS.match(buffer, position)).end()  # matches the empty text
             if buffer.startswith("]", position):
                 return
             try:

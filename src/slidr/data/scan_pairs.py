@@ -54,10 +54,10 @@ def candidate_pairs(scenes: Sequence[str], positions: np.ndarray, min_distance: 
     (K, 2) int64 pairs of positions into the inputs, sorted.
     """
     positions = np.asarray(positions, np.float64)
-    scenes = np.asarray(scenes)
+    scene_of = np.asarray(scenes)
     pairs = []
-    for scene in dict.fromkeys(scenes.tolist()):
-        members = np.flatnonzero(scenes == scene)
+    for scene in dict.fromkeys(scene_of.tolist()):
+        members = np.flatnonzero(scene_of == scene)
         first, second = np.triu_indices(len(members), k=1)
         distance = np.linalg.norm(positions[members[first]] - positions[members[second]], axis=1)
         keep = distance >= min_distance

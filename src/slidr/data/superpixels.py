@@ -45,7 +45,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, cast
 
 import numpy as np
 
@@ -279,6 +279,9 @@ def write_labels(path: str | Path, labels: np.ndarray, segments: Optional[int] =
         tmp.write_bytes(data)
 
 
+_Runs = tuple[np.ndarray, np.ndarray, np.ndarray]  # row_starts (H+1,), run_ends (R,), values (R,)
+
+
 class LabelMap:
     """The labels of one image as stored: sampled at a grid of pixels without decoding the others.
 
@@ -291,7 +294,7 @@ class LabelMap:
     """
 
     def __init__(self, shape: tuple[int, int], segments: Optional[int], source: Path,
-                 runs: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
+                 runs: Optional[_Runs] = None,
                  dense: Optional[np.ndarray] = None):
         self.shape = shape
         self.segments = segments
@@ -319,10 +322,11 @@ class LabelMap:
             raise SlidrError(f"label map {self.source} ({width}x{height}): sampled pixels outside the image")
         if self._dense is not None:
             return self._dense[rows[:, None], cols[None, :]].astype(self._dense.dtype.newbyteorder("="))
-        row_starts, run_ends, values = self._runs
+        row_starts, run_ends, values = cast(_Runs, self._runs)  # not dense: runs
         if rows.size == 0 or cols.size == 0:
             return np.zeros((rows.size, cols.size), values.dtype)
         steps = np.diff(cols)
+        order: Optional[slice | np.ndarray]
         if (steps >= 0).all():
             order = None
         elif (steps <= 0).all():
@@ -359,7 +363,7 @@ class LabelMap:
         """All labels, (H, W) uint8 or uint16 (the stored label type)."""
         if self._dense is not None:
             return self._dense.astype(self._dense.dtype.newbyteorder("="))
-        row_starts, run_ends, values = self._runs
+        row_starts, run_ends, values = cast(_Runs, self._runs)  # not dense: runs
         ends = run_ends.astype(np.intp)
         starts = np.empty_like(ends)
         starts[1:] = ends[:-1]
@@ -379,7 +383,7 @@ def open_labels(path: str | Path) -> LabelMap:
         raise DataError(f"superpixel file {path} does not exist") from None
     if data.startswith(_PNG_SIGNATURE):
         dense = read_label_png(path, data)
-        return LabelMap(dense.shape, _png_segment_count(data[:256]), path, dense=dense)
+        return LabelMap((dense.shape[0], dense.shape[1]), _png_segment_count(data[:256]), path, dense=dense)
     shape, segments, runs = _parse_runs(data, path)
     return LabelMap(shape, segments, path, runs=runs)
 

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-def rigid_transform(rotation: np.ndarray, translation: Sequence[float]) -> np.ndarray:
+def rigid_transform(rotation: np.ndarray, translation: Sequence[float] | np.ndarray) -> np.ndarray:
     """Matrix of a rotation and a translation.
 
     Parameters

@@ -34,7 +34,6 @@ from slidr.config import (
     VoxelConfig,
     dump_config,
     exported_pretrain_config,
-    from_dict,
     save_config,
     to_dict,
 )
@@ -178,7 +177,7 @@ def start_run_folder(out: str | Path, config: Any, resume: bool, allow_changes: 
     saved = out / CONFIG_NAME
     if resume and resume_from is None:
         logger.warning("warning: --resume: no checkpoint in %s, starting from scratch", out / CHECKPOINT_DIR)
-    if changes:
+    if changes and resume_from is not None:  # changes are only found when resuming from a checkpoint
         _record_resume_changes(out / RESUME_CHANGES_NAME, resume_from, changes)
         logger.warning("warning: resuming %s with changed settings (%s); recorded in %s", out,
                        ", ".join(changes), out / RESUME_CHANGES_NAME)

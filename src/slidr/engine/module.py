@@ -19,7 +19,7 @@ processes (one small all-reduce), so no process waits for a gradient exchange th
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import lightning as L
 import torch
@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from slidr.config import PretrainConfig
+from slidr.engine.checkpoint import EpochCheckpoint
 from slidr.engine.data import derive_seed, replayable_loader
 from slidr.engine.distributed import is_distributed
 from slidr.engine.optim import configure_optimization
@@ -99,7 +100,7 @@ class PretrainModule(L.LightningModule):
     def train_dataset(self) -> tuple[Dataset, Callable]:
         if self._dataset is None:
             self._dataset, self._collate = self.build_train_dataset()
-        return self._dataset, self._collate
+        return self._dataset, cast(Callable, self._collate)  # given with the dataset, or built with it
 
     def train_dataloader(self) -> DataLoader:
         dataset, collate = self.train_dataset()
@@ -126,7 +127,8 @@ class PretrainModule(L.LightningModule):
         no_pairs, bad_loss, loss_sum = self._agree(loss)
         if bad_loss:
             self.stopped_on_bad_loss = True
-            last = self.trainer.checkpoint_callback.last_path if self.trainer.checkpoint_callback else None
+            callback = cast(Optional[EpochCheckpoint], self.trainer.checkpoint_callback)  # lightning_trainer's
+            last = callback.last_path if callback else None
             kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
             raise SlidrError(f"the loss is not finite at epoch {self.current_epoch}, batch {batch_idx} "
                              f"(learning rate too high, or broken input); training stopped, {kept}")

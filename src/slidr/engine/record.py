@@ -43,7 +43,7 @@ class TrainingRecord(L.Callback):
         self._epoch_losses: list[float] = []
         self._epoch_started = 0.0
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: PretrainModule) -> None:
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_losses = []
         self._epoch_started = time.perf_counter()
 

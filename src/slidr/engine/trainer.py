@@ -20,7 +20,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import lightning as L
 import torch
@@ -174,7 +174,7 @@ def lightning_trainer(trainer_cfg: TrainerConfig, out_dir: Path, loggers: Any, c
         devices=trainer_cfg.devices,
         num_nodes=trainer_cfg.num_nodes,
         strategy=trainer_cfg.strategy,
-        precision=trainer_cfg.precision,
+        precision=cast(Any, trainer_cfg.precision),  # a name TrainerConfig checked; lightning types it a Literal
         max_epochs=trainer_cfg.epochs,
         max_steps=trainer_cfg.max_steps,
         limit_train_batches=trainer_cfg.limit_train_batches,
@@ -202,7 +202,7 @@ def evaluation_trainer(trainer_cfg: TrainerConfig, enable_progress_bar: bool = T
         devices=trainer_cfg.devices,
         num_nodes=trainer_cfg.num_nodes,
         strategy=trainer_cfg.strategy,
-        precision=trainer_cfg.precision,
+        precision=cast(Any, trainer_cfg.precision),
         logger=False,
         enable_checkpointing=False,
         use_distributed_sampler=False,
@@ -223,7 +223,8 @@ def pretraining_trainer(module: PretrainModule, out_dir: Path, callbacks: Sequen
                                 enable_progress_bar)
     steps = module.planned_steps(trainer.world_size)
     if steps is not None:
-        trainer.fit_loop.max_steps = steps
+        # the step budget lives in the epoch loop (fit_loop.max_steps is a read-only view of it)
+        trainer.fit_loop.epoch_loop.max_steps = steps
         trainer.fit_loop.max_epochs = -1
     return trainer
 

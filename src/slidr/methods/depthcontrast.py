@@ -15,7 +15,7 @@ variant); otherwise each process enqueues its own keys.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,9 @@ from slidr.engine.module import PretrainModule
 from slidr.methods import METHODS, losses
 from slidr.models import sparse_input
 from slidr.models.pointnet import PointNet2Encoder
+
+if TYPE_CHECKING:
+    from slidr.models.unet import SRUNet
 
 
 def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -46,7 +49,7 @@ def pooled_mean(features: torch.Tensor, batch: torch.Tensor, batch_size: int) ->
 class VoxelEncoder(nn.Module):
     """U-Net features, mean-pooled per scan, projected: batched view -> (B, embedding_dim)."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int) -> None:
+    def __init__(self, backbone: SRUNet, embedding_dim: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = projection_head(backbone.feature_channels, embedding_dim)
@@ -85,6 +88,9 @@ class DepthContrastModule(PretrainModule):
 
     trains_output = False  # the loss reads forward_features (pooled, projected); ``final`` is untouched
 
+    queue_voxel: torch.Tensor  # buffers registered in __init__
+    queue_point: torch.Tensor
+
     def __init__(self, cfg: PretrainConfig, model_points: Optional[nn.Module] = None,
                  dataset: Optional[Dataset] = None, collate: Optional[Callable] = None) -> None:
         super().__init__(cfg, dataset, collate)
@@ -94,7 +100,7 @@ class DepthContrastModule(PretrainModule):
             model_points = build_backbone(cfg.backbone)
         dim = cfg.loss.embedding_dim
         self.model_points = model_points
-        self.voxel_query = VoxelEncoder(model_points, dim)
+        self.voxel_query = VoxelEncoder(cast("SRUNet", model_points), dim)  # a U-Net, as documented above
         self.point_query = PointEncoder(dim)
         self.voxel_key = copy.deepcopy(self.voxel_query).requires_grad_(False)
         self.point_key = copy.deepcopy(self.point_query).requires_grad_(False)
@@ -113,8 +119,8 @@ class DepthContrastModule(PretrainModule):
         for query, key in ((self.voxel_query, self.voxel_key), (self.point_query, self.point_key)):
             for q, k in zip(query.parameters(), key.parameters()):
                 k.mul_(momentum).add_(q.detach(), alpha=1 - momentum)
-            for q, k in zip(query.buffers(), key.buffers()):
-                k.copy_(q)
+            for q_buffer, k_buffer in zip(query.buffers(), key.buffers()):
+                k_buffer.copy_(q_buffer)
 
     @torch.no_grad()
     def _enqueue(self, name: str, keys: torch.Tensor) -> None:

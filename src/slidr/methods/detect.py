@@ -23,7 +23,6 @@ layout, ``model_points`` = the fine-tuned backbone, loadable by :func:`load_back
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 import time

@@ -41,7 +41,7 @@ import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence, TypeVar, cast
 
 import lightning as L
 import numpy as np
@@ -80,6 +80,9 @@ from slidr.utils.io import write_json
 from slidr.utils.log import logger
 from slidr.utils.progress import progress
 
+if TYPE_CHECKING:
+    from slidr.models.unet import SRUNet  # the backbones of BACKBONES
+
 MODEL_NAME = "model.pt"
 RunConfig = TypeVar("RunConfig", DownstreamConfig, DetectionConfig)
 IGNORE_TARGET = -1
@@ -91,8 +94,8 @@ IGNORE_TARGET = -1
 
 
 def resolve_backbone(cfg: DownstreamConfig | DetectionConfig, weights: Optional[str | Path] = None) -> BackboneConfig:
-    """The backbone settings of a downstream (or detection) run: the config's, with ``name`` / ``in_channels`` left unset taken
-    from the file ``weights`` (its recorded ``backbone``), else :class:`BackboneConfig`'s defaults.
+    """The backbone settings of a downstream (or detection) run: the config's, with ``name`` / ``in_channels``
+    left unset taken from the file ``weights`` (its recorded ``backbone``), else :class:`BackboneConfig`'s defaults.
 
     Raises
     ------
@@ -157,7 +160,7 @@ def build_segmentation_model(cfg: DownstreamConfig, num_classes: int, weights: O
             raise SlidrError(f"{weights} holds no classifier for {num_classes} classes "
                              f"(keys {', '.join(info['skipped'][:4])} do not fit); is it a downstream model.pt?")
     if reset_head:
-        _reset_parameters(model.final)
+        _reset_parameters(_classifier(model))
     return model, info
 
 
@@ -190,6 +193,9 @@ class StandardizedLinear(nn.Module):
     mean, std : (F,) per-channel statistics of the training features.
     """
 
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+
     def __init__(self, linear: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.linear = linear
@@ -214,13 +220,15 @@ def feature_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, t
 
     Channels that never vary get std 1, so they stay finite (and constant).
     """
-    total, sum_, sum_sq = 0, None, None
+    total = 0
+    sum_: Optional[torch.Tensor] = None
+    sum_sq: Optional[torch.Tensor] = None
     for features in batches:
         features = features.double()
         sum_ = features.sum(0) if sum_ is None else sum_ + features.sum(0)
         sum_sq = (features * features).sum(0) if sum_sq is None else sum_sq + (features * features).sum(0)
         total += features.shape[0]
-    if not total:
+    if not total or sum_ is None or sum_sq is None:  # no batch (the sums are set with the first one)
         raise SlidrError("no training voxels to compute the probe's feature statistics from")
     mean = sum_ / total
     std = (sum_sq / total - mean * mean).clamp_min(0).sqrt()
@@ -230,8 +238,14 @@ def feature_statistics(batches: Iterable[torch.Tensor]) -> tuple[torch.Tensor, t
 
 def _reset_parameters(module: nn.Module) -> None:
     for child in module.modules():
-        if hasattr(child, "reset_parameters"):
-            child.reset_parameters()
+        reset = getattr(child, "reset_parameters", None)
+        if reset is not None:
+            reset()
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    """The backbone's last layer ``final``: an ``nn.Linear`` (a :class:`StandardizedLinear` while a probe trains)."""
+    return cast(nn.Module, model.final)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,7 +321,7 @@ class DownstreamModule(L.LightningModule):
     def forward(self, batch: dict) -> torch.Tensor:
         """Voxel class scores (V, C) of a voxel batch, or of a batch of cached ``features``."""
         if "features" in batch:
-            return self.model.final(batch["features"])
+            return _classifier(self.model)(batch["features"])
         return self.model(sparse_input(batch))
 
     def training_step(self, batch: dict, batch_idx: int) -> Optional[torch.Tensor]:
@@ -324,7 +338,7 @@ class DownstreamModule(L.LightningModule):
             self.epoch_losses.append(float(np.mean(self._running)))
         self._running = []
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:  # Lightning's optimizer-and-scheduler dict
         optim = self.cfg.optim
         head = [p for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("final.")]
         body = [p for n, p in self.model.named_parameters() if p.requires_grad and not n.startswith("final.")]
@@ -513,9 +527,9 @@ class CachedFeatures(Dataset):
             for batch in progress(loader, total=_length(loader), desc=desc, unit="batch"):
                 batch = move_data_to_device(batch, device)
                 if len(batch["voxel_coords"]) == 0:  # scans without any finite point: no feature
-                    features = torch.zeros((0, model.final.in_features))
+                    features = torch.zeros((0, cast(nn.Linear, model.final).in_features))
                 else:
-                    features = model.forward_features(sparse_input(batch)).float().cpu()
+                    features = cast("SRUNet", model).forward_features(sparse_input(batch)).float().cpu()
                 voxel_batch = batch["voxel_coords"][:, 0].cpu()
                 labels = batch["voxel_labels"].cpu()
                 for b in range(int(batch["batch_size"])):
@@ -621,15 +635,15 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
 
     standardize = cfg.mode == "probe" and cfg.standardize_features
     if standardize:
-        model.final = StandardizedLinear(model.final, *_probe_feature_statistics(model, train_set, collate, device,
-                                                                                 batch_size))
+        statistics = _probe_feature_statistics(model, train_set, collate, device, batch_size)
+        model.final = StandardizedLinear(cast(nn.Linear, model.final), *statistics)
     module = DownstreamModule(model, cfg, num_classes, random_init, train_set, collate, val_set, val_collate)
     train_start = time.perf_counter()
     trainer.fit(module, ckpt_path=str(resume_from) if resume_from else None)
     train_s = time.perf_counter() - train_start
 
     if standardize:
-        model.final = model.final.folded()
+        model.final = cast(StandardizedLinear, model.final).folded()
     if trainer.is_global_zero:
         export_pretrained(out / MODEL_NAME, model, None, cfg, method=cfg.mode)
     confusion = evaluate_confusion(trainer, module)  # every process takes part

@@ -80,6 +80,7 @@ class SegmentationConfusion(torchmetrics.Metric):
     full_state_update = False
     higher_is_better = None
     is_differentiable = False
+    confusion: torch.Tensor  # a state registered in __init__
 
     def __init__(self, num_classes: int, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -14,7 +14,7 @@ otherwise (the release) each process contrasts its own matches only.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, cast
 
 import torch
 from torch.utils.data import Dataset
@@ -75,7 +75,9 @@ class PointContrastModule(PretrainModule):
         if self.cfg.trainer.max_steps > 0:
             raise SlidrError("pointcontrast: set either trainer.max_steps or pairs.equivalent_epochs, not both "
                              "(pairs.equivalent_epochs=null to use trainer.max_steps)")
-        dataset, _ = self.train_dataset()
+        from slidr.data.scan_pairs import PointContrastPairs
+
+        dataset = cast(PointContrastPairs, self.train_dataset()[0])  # build_train_dataset's
         return pointcontrast_steps(len(dataset.samples), self.cfg.trainer.batch_size,
                                    self.cfg.pairs.equivalent_epochs, world_size)
 

@@ -80,7 +80,8 @@ class DinoV2VisionTransformer(VisionTransformer):
         if "reg_token" in state:
             state["register_tokens"] = state.pop("reg_token")
             pos_embed = state.get("pos_embed")
-            if pos_embed is not None and pos_embed.dim() == 3 and math.isqrt(pos_embed.shape[1]) ** 2 == pos_embed.shape[1]:
+            if (pos_embed is not None and pos_embed.dim() == 3
+                    and math.isqrt(pos_embed.shape[1]) ** 2 == pos_embed.shape[1]):
                 # no class slot (timm's no_embed_class): its class position is already inside cls_token
                 state["pos_embed"] = torch.cat([pos_embed.new_zeros(1, 1, pos_embed.shape[2]), pos_embed], dim=1)
         cls_token = state.get("cls_token")

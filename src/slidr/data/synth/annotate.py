@@ -19,8 +19,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slidr.data.boxes import (KittiLabels, box_corners, kitti_camera_corners, lidar_to_kitti_camera,
-                              lidar_to_nuscenes, observation_angle, project_boxes_to_image, transform_boxes)
+from slidr.data.boxes import (
+    KittiLabels,
+    box_corners,
+    kitti_camera_corners,
+    lidar_to_kitti_camera,
+    lidar_to_nuscenes,
+    observation_angle,
+    project_boxes_to_image,
+    transform_boxes,
+)
 from slidr.data.classes import NUSCENES_CATEGORIES
 from slidr.data.synth.raycast import hits_of_groups
 from slidr.data.synth.sensors import Sensor
@@ -133,7 +141,7 @@ def camera_objects(world: World, objects: SceneObjects, camera: Sensor, camera_t
     height, width = camera.height, camera.width
     street_to_camera = np.linalg.inv(camera_to_street)
     corners = box_corners(objects.boxes) @ street_to_camera[:3, :3].T + street_to_camera[:3, 3]
-    projection = np.hstack([camera.intrinsic, np.zeros((3, 1))])
+    projection = np.hstack([camera.camera_matrix, np.zeros((3, 1))])
     image_boxes = project_boxes_to_image(corners, projection, (height, width))
     if not image_boxes.valid.any():
         return CameraObjects(visible, silhouette, image_boxes.valid)

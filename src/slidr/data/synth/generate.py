@@ -22,19 +22,27 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, cast
 
 import numpy as np
 
 from slidr.config import NUSCENES_CAMERAS
 from slidr.data.classes import NUSCENES_CLASSES, NUSCENES_LEARNING_MAP
 from slidr.data.io import SYNTH_SUMMARY_FILE as SUMMARY_FILE
+from slidr.data.projection import project_points
 from slidr.data.synth import annotate, kitti_object_writer, kitti_writer, nuscenes_writer
 from slidr.data.synth.raycast import cast_rays
 from slidr.data.synth.render import lidar_returns, render_image
-from slidr.data.projection import project_points
-from slidr.data.synth.sensors import (LIDAR_CHANNEL, LidarSpec, Sensor, build_rig, camera_rays, ego_pose,
-                                      lidar_rays, matrix_to_quaternion)
+from slidr.data.synth.sensors import (
+    LIDAR_CHANNEL,
+    LidarSpec,
+    Sensor,
+    build_rig,
+    camera_rays,
+    ego_pose,
+    lidar_rays,
+    matrix_to_quaternion,
+)
 from slidr.data.synth.world import KITTI_OUTLIER, SceneConditions, World, build_world, plan_scenes
 from slidr.errors import SlidrError, UsageError
 from slidr.utils.io import write_error, write_json
@@ -80,7 +88,7 @@ class SynthSettings:
         return [LIDAR_CHANNEL] + cameras
 
 
-def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_size: tuple[int, int] = (800, 450),
+def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_size: Sequence[int] = (800, 450),
                    seed: int = 0, workers: int | None = None, fmt: str = "nuscenes",
                    version: str = "v1.0-trainval", show_progress: bool = True, previews: bool = True,
                    overwrite: bool = False) -> dict:
@@ -115,7 +123,8 @@ def generate_world(out: str | Path, scenes: int = 10, frames: int = 10, image_si
         world (nothing there is known to be slidr's), or a file of the user's lies where the new world writes one;
         a file cannot be written (named).
     """
-    settings = SynthSettings(scenes=int(scenes), frames=int(frames), image_size=tuple(int(v) for v in image_size),
+    width_height = cast(tuple[int, int], tuple(int(v) for v in image_size))
+    settings = SynthSettings(scenes=int(scenes), frames=int(frames), image_size=width_height,
                              seed=int(seed), fmt=fmt, version=version)
     settings.validate()
     workers = min(os.cpu_count() or 1, settings.scenes * settings.frames) if workers is None else int(workers)
@@ -304,7 +313,7 @@ _CAMERA_RAYS: dict[tuple, np.ndarray] = {}
 def _camera_rays_cached(sensor: Sensor) -> np.ndarray:
     key = (sensor.channel, sensor.width, sensor.height)
     if key not in _CAMERA_RAYS:
-        _CAMERA_RAYS[key] = camera_rays(sensor.intrinsic, sensor.width, sensor.height)
+        _CAMERA_RAYS[key] = camera_rays(sensor.camera_matrix, sensor.width, sensor.height)
     return _CAMERA_RAYS[key]
 
 
@@ -340,7 +349,7 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
         camera_to_street = ego_to_street @ camera.to_ego
         image, semantic, instance = render_camera(world, conditions, camera, camera_to_street, rng)
         lidar_to_camera = np.linalg.inv(camera.to_ego) @ lidar_to_ego
-        index, _ = project_points(scan["points"], lidar_to_camera, camera.intrinsic, (camera.height, camera.width))
+        index, _ = project_points(scan["points"], lidar_to_camera, camera.camera_matrix, (camera.height, camera.width))
         record["pairs"][camera.channel] = int(len(index))
         images[camera.channel] = (image, semantic)
         if settings.fmt != "semantickitti":  # the SemanticKITTI layout has no boxes
@@ -366,14 +375,14 @@ def render_frame(root: Path, settings: SynthSettings, conditions: SceneCondition
         else:
             front = next(s for s in rig if s.channel == "CAM_FRONT")
             calibration = kitti_object_writer.calibration(front)
-            labels = annotate.kitti_labels(
+            boxes = annotate.kitti_labels(
                 objects, ego_to_street @ kitti_writer.velodyne_to_ego(),
                 kitti_object_writer.velo_to_rect(calibration), calibration["P2"], (front.height, front.width),
                 scan["instance"], seen[front.channel])
             kitti_object_writer.write_frame(root, kitti_object_writer.frame_id(conditions.index, frame,
                                                                                settings.frames),
-                                            velodyne, images[front.channel][0], calibration, labels)
-            record["objects"] = dict(Counter(labels.type))
+                                            velodyne, images[front.channel][0], calibration, boxes)
+            record["objects"] = dict(Counter(boxes.type))
     if conditions.index == 0 and frame == 0:
         front = next(s for s in rig if s.channel == "CAM_FRONT")
         record["preview"] = {"points": scan["points"], "category": scan["category"],

@@ -31,7 +31,7 @@ def frame_id(scene: int, frame: int, frames_per_scene: int) -> str:
 
 def calibration(camera: Sensor) -> dict[str, np.ndarray]:
     """The calib file's matrices for the front ``camera`` (see the module docstring)."""
-    projection = np.hstack([camera.intrinsic, np.zeros((3, 1))])
+    projection = np.hstack([camera.camera_matrix, np.zeros((3, 1))])
     velo_to_cam = np.linalg.inv(camera.to_ego) @ velodyne_to_ego()
     imu_to_velo = np.linalg.inv(velodyne_to_ego())
     return {"P0": projection, "P1": projection, "P2": projection, "P3": projection, "R0_rect": np.eye(3),

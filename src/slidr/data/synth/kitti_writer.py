@@ -63,7 +63,7 @@ def write_sequence_files(root: Path, scene: int, camera: Sensor, ego_to_global: 
     """
     directory = sequence_dir(root, scene)
     directory.mkdir(parents=True, exist_ok=True)
-    projection = np.hstack([camera.intrinsic, np.zeros((3, 1))])
+    projection = np.hstack([camera.camera_matrix, np.zeros((3, 1))])
     velo_to_cam = np.linalg.inv(camera.to_ego) @ velodyne_to_ego()
     lines = [f"P{k}: " + _row(projection) for k in range(4)] + ["Tr: " + _row(velo_to_cam[:3])]
     (directory / "calib.txt").write_text("\n".join(lines) + "\n")

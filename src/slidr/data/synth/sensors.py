@@ -58,6 +58,13 @@ class Sensor:
     def to_ego(self) -> np.ndarray:
         return pose_matrix(self.rotation, self.translation)
 
+    @property
+    def camera_matrix(self) -> np.ndarray:
+        """(3, 3) ``intrinsic`` of a camera (the lidar has none)."""
+        if self.intrinsic is None:
+            raise ValueError(f"sensor {self.channel} is not a camera: it has no intrinsic")
+        return self.intrinsic
+
 
 def quaternion_to_matrix(q) -> np.ndarray:
     """(3, 3) rotation matrix of a quaternion ``(w, x, y, z)`` (normalised first)."""
@@ -88,7 +95,8 @@ def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, flo
     q = np.array(q) / np.linalg.norm(q)
     if q[0] < 0:
         q = -q
-    return tuple(float(v) for v in q)
+    w, x, y, z = (float(v) for v in q)
+    return w, x, y, z
 
 
 def pose_matrix(rotation, translation) -> np.ndarray:

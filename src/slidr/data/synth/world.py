@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ class SceneConditions:
 def _timestamp_date(timestamp_us: int) -> str:
     import datetime
 
-    return datetime.datetime.fromtimestamp(timestamp_us / 1e6, tz=datetime.timezone.utc).strftime("%Y-%m-%d")
+    return datetime.datetime.fromtimestamp(timestamp_us / 1e6, tz=datetime.UTC).strftime("%Y-%m-%d")
 
 
 def plan_scenes(num_scenes: int, seed: int) -> list[SceneConditions]:
@@ -341,7 +342,7 @@ def _strip(b: _Builder, x0: float, x1: float, y0: float, y1: float, z_top: float
 
 def _ground(b: _Builder, rng: np.random.Generator, s: _Street) -> None:
     asphalt = _jitter(rng, (0.24, 0.24, 0.25), 0.04)
-    road = dict(category="flat.driveable_surface", part=KITTI_ROAD, color=asphalt, color2=asphalt * 0.7,
+    road: dict[str, Any] = dict(category="flat.driveable_surface", part=KITTI_ROAD, color=asphalt, color2=asphalt * 0.7,
                 texture=TEX_ASPHALT, reflectivity=0.12)
     _strip(b, s.x_lo, s.x_hi, -s.road, s.road, 0.0, **road)
     if s.median > 0:
@@ -377,7 +378,8 @@ def _ground(b: _Builder, rng: np.random.Generator, s: _Street) -> None:
 def _lane_markings(b: _Builder, rng: np.random.Generator, s: _Street, c: SceneConditions) -> None:
     white = (0.9, 0.9, 0.88)
     centre = (0.9, 0.75, 0.15) if c.city == "boston" else white
-    paint = dict(category="flat.driveable_surface", part=KITTI_LANE_MARKING, texture=TEX_PAINT, reflectivity=0.8)
+    paint: dict[str, Any] = dict(category="flat.driveable_surface", part=KITTI_LANE_MARKING, texture=TEX_PAINT,
+                                 reflectivity=0.8)
     lines: list[tuple[float, bool, tuple]] = []  # (y, dashed, colour)
     if s.median == 0:
         lines.append((0.0, s.lanes == 1 and rng.random() < 0.5, centre))
@@ -665,13 +667,13 @@ def _pedestrian(b: _Builder, rng: np.random.Generator, x: float, y: float, z0: f
     scale = height / 1.75
     inst = b.new_instance()
     yaw = float(rng.uniform(-math.pi, math.pi))
-    top = _jitter(rng, _pick(rng, CLOTHES), 0.05)
+    top: np.ndarray | tuple[float, float, float] = _jitter(rng, _pick(rng, CLOTHES), 0.05)
     if kind.endswith("construction_worker"):
         top = _jitter(rng, _pick(rng, [(0.95, 0.85, 0.1), (0.98, 0.45, 0.05)]), 0.02)
     elif kind.endswith("police_officer"):
         top = (0.08, 0.12, 0.3)
     bottom = _jitter(rng, _pick(rng, CLOTHES[:6]), 0.05)
-    material = dict(category=kind, part=KITTI_PERSON, instance=inst)
+    material: dict[str, Any] = dict(category=kind, part=KITTI_PERSON, instance=inst)
     legs = 0.47 * height
     b.add(CYLINDER, (x, y, z0 + legs / 2), (0.16 * scale, 0.16 * scale, legs / 2), 0.0, color=bottom,
           texture=TEX_CLOTHES, reflectivity=0.22, **material)
@@ -687,7 +689,7 @@ def _cone(b: _Builder, rng: np.random.Generator, x: float, y: float, z0: float) 
     height = float(rng.uniform(0.45, 0.9))
     inst = b.new_instance()
     color = _jitter(rng, _pick(rng, [(0.98, 0.42, 0.05), (0.95, 0.3, 0.05), (0.85, 0.9, 0.2)]), 0.02)
-    material = dict(category="movable_object.trafficcone", part=KITTI_OTHER_OBJECT, instance=inst)
+    material: dict[str, Any] = dict(category="movable_object.trafficcone", part=KITTI_OTHER_OBJECT, instance=inst)
     b.add(CONE, (x, y, z0 + 0.03 + height / 2), (0.24 * height, 0.24 * height, height / 2), 0.0, color=color,
           color2=(0.95, 0.95, 0.95), texture=TEX_CONE, tex=(0.45, 0.65), reflectivity=0.75, **material)
     b.add(BOX, (x, y, z0 + 0.015), (0.3 * height, 0.3 * height, 0.015), 0.0, color=(0.1, 0.1, 0.1),
@@ -696,7 +698,7 @@ def _cone(b: _Builder, rng: np.random.Generator, x: float, y: float, z0: float) 
 
 def _barrier(b: _Builder, rng: np.random.Generator, x: float, y: float, z0: float, yaw: float) -> float:
     inst = b.new_instance()
-    material = dict(category="movable_object.barrier", part=KITTI_FENCE, instance=inst)
+    material: dict[str, Any] = dict(category="movable_object.barrier", part=KITTI_FENCE, instance=inst)
     if rng.random() < 0.5:  # concrete jersey barrier
         length, height = float(rng.uniform(2.0, 3.0)), float(rng.uniform(0.8, 1.0))
         grey = _jitter(rng, (0.72, 0.72, 0.7), 0.03)

@@ -5,7 +5,7 @@ kernel maps shared by every layer; the layers are submanifold convolution, strid
 convolution back onto the finer sites, batch norm over active sites, ReLU, skip concatenation and pooling.
 """
 
-from slidr.models.sparse.conv import ConvTranspose3dUp, Conv3dDown, SparseConvFunction, SubmanifoldConv3d, sparse_conv
+from slidr.models.sparse.conv import Conv3dDown, ConvTranspose3dUp, SparseConvFunction, SubmanifoldConv3d, sparse_conv
 from slidr.models.sparse.layers import SparseBatchNorm, SparseReLU, cat, global_pool
 from slidr.models.sparse.maps import KernelMap, KeyPacking, kernel_offsets
 from slidr.models.sparse.tensor import CoordinateCache, SparseTensor

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -81,12 +82,13 @@ def chunk_plan(kernel_map: KernelMap, rows: int, by_input: bool) -> list[_Chunk]
     each group) or backward order (``by_input``); built once per map and chunk size, kept in ``kernel_map.plans``.
     Empty groups are skipped."""
     key = (rows, by_input)
-    plan = kernel_map.plans.get(key)
-    if plan is not None:
-        return plan
+    known = kernel_map.plans.get(key)
+    if known is not None:
+        return known
     in_index = kernel_map.in_index_by_in if by_input else kernel_map.in_index
     out_index = kernel_map.out_index_by_in if by_input else kernel_map.out_index
-    plan, members = [], []
+    plan: list[_Chunk] = []
+    members: list[tuple[int, int, int, bool]] = []
     chunk_start = position = 0
     for kernel, size in zip(kernel_map.group_kernels, kernel_map.group_sizes):
         done = 0
@@ -175,7 +177,7 @@ class SparseConvFunction(torch.autograd.Function):
                 grad_feats = feats.new_zeros((kernel_map.num_in, in_channels))
         rows = chunk_rows(feats, in_channels, out_channels, ctx.chunk_values)
         weights_t = weight.transpose(1, 2).unbind(0)
-        grad_weights = grad_weight.unbind(0) if need_weight else ()
+        grad_weights = grad_weight.unbind(0) if grad_weight is not None else ()  # need_weight
         for chunk in chunk_plan(kernel_map, rows, by_input=True):
             grad_rows = _gather(grad_out, chunk.out_index, "grad_rows")
             sizes = chunk.sizes
@@ -188,7 +190,7 @@ class SparseConvFunction(torch.autograd.Function):
                         written.add(kernel)
                     else:  # the rest of a group split over chunks
                         grad_weights[kernel].addmm_(rows_in.t(), rows_grad)
-            if need_feats:
+            if grad_feats is not None:  # need_feats
                 products = _workspace.rows("product", grad_rows.shape[0], in_channels, feats)
                 for member, rows_grad, rows_out in zip(chunk.members, grad_parts, products.split(sizes)):
                     torch.mm(rows_grad, weights_t[member[0]], out=rows_out)
@@ -196,7 +198,7 @@ class SparseConvFunction(torch.autograd.Function):
                     grad_feats.index_copy_(0, chunk.in_index, products)
                 else:
                     grad_feats.index_add_(0, chunk.in_index, products)
-        if need_weight and len(written) < weight.shape[0]:
+        if grad_weight is not None and len(written) < weight.shape[0]:  # need_weight
             for kernel in range(weight.shape[0]):
                 if kernel not in written:  # an offset without pairs
                     grad_weight[kernel].zero_()
@@ -227,7 +229,7 @@ class _SparseConvBase(nn.Module):
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         # Set by slidr.models.sparse.use_backend; None = the plain PyTorch engine.
-        self.backend_impl = None
+        self.backend_impl: Optional[Callable[[_SparseConvBase, SparseTensor], SparseTensor]] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -10,7 +10,7 @@ A :class:`KernelMap` lists, for every kernel offset, which input row contributes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 
@@ -51,7 +51,8 @@ class KeyPacking:
                 f"sparse coordinates span {[hi - lo + 1 for lo, hi in zip(low, high)]} cells in {batch_size} scans: "
                 "too large to hash into 64-bit keys; use a larger voxel size"
             )
-        return KeyPacking(tuple(int(v) for v in low), extent, int(batch_size))
+        three = tuple[int, int, int]  # x, y, z
+        return KeyPacking(cast(three, tuple(int(v) for v in low)), cast(three, extent), int(batch_size))
 
     def coarser(self) -> "KeyPacking":
         """Packing of the level whose coordinates are ``floor(c / 2)`` of this one's."""

@@ -20,7 +20,7 @@ from torch import nn
 
 from slidr.config import ConfigError
 from slidr.errors import SlidrError
-from slidr.models.sparse.conv import ConvTranspose3dUp, Conv3dDown, SubmanifoldConv3d, _SparseConvBase
+from slidr.models.sparse.conv import Conv3dDown, ConvTranspose3dUp, SubmanifoldConv3d, _SparseConvBase
 from slidr.models.sparse.tensor import SparseTensor
 
 # Stride-2 levels stay aligned with spconv's grid when the origin shift and the grid size are multiples of this.
@@ -100,7 +100,7 @@ class SpconvImpl:
             raise TypeError(f"no spconv equivalent of {type(layer).__name__}")
         self.modules: dict[int, nn.Module] = {}
 
-    def _module(self, stride: int, device: torch.device) -> nn.Module:
+    def _module(self, stride: int, device: torch.device) -> Any:  # an spconv module (spconv is untyped)
         if stride not in self.modules:
             module = self.make(stride)
             del module.weight  # the engine layer's parameter is passed in at each call
