@@ -114,8 +114,8 @@ def test_knn_reads_the_features_the_pretraining_trained(tiny_nuscenes_world, tmp
 
     import slidr.analysis.knn as knn
     from slidr.config import PretrainConfig, load_config
-    from slidr.data.prepare_nuscenes import prepare_nuscenes
     from slidr.data.index import load_index
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
     from slidr.engine.checkpoint import export_pretrained, load_backbone
     from slidr.models.sparse import SparseTensor
     from slidr.models.unet import build_backbone

@@ -973,7 +973,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config", base: Any = None)
     if isinstance(data, _FromFile):
         base = None
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
     unknown = [key for key in data if key not in fields]
     if unknown:
         key = unknown[0]

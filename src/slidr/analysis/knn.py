@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, cast
+from typing import Any, Iterable, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -324,7 +324,7 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     return result
 
 
-def _features(model: torch.nn.Module, scan: dict, from_output: bool = True) -> np.ndarray:
+def _features(model: Any, scan: dict, from_output: bool = True) -> np.ndarray:  # a BACKBONES network
     """(V, C) features of the scan's voxels: the network's output, or (``from_output`` False) its
     ``forward_features`` L2-normalised."""
     from slidr.models.sparse import SparseTensor

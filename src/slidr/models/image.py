@@ -101,14 +101,21 @@ class ImageTeacher(nn.Module):
         is ImageNet-normalised, so other statistics re-normalise it.
     """
 
+    encoder: Any  # an IMAGE_ENCODERS network: forward_features, out_channels, output_stride
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+    renorm_scale: torch.Tensor
+    renorm_shift: torch.Tensor
+
     def __init__(self, encoder: nn.Module, out_channels: Optional[int] = 64, normalize_output: bool = True,
                  freeze_encoder: bool = True, input_mean: Sequence[float] = IMAGENET_MEAN,
                  input_std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Conv2d(encoder.out_channels, out_channels, kernel_size=1) if out_channels is not None else None
-        self.out_channels = out_channels if out_channels is not None else encoder.out_channels
-        self.output_stride = encoder.output_stride
+        channels = int(self.encoder.out_channels)
+        self.head = nn.Conv2d(channels, out_channels, kernel_size=1) if out_channels is not None else None
+        self.out_channels = out_channels if out_channels is not None else channels
+        self.output_stride = self.encoder.output_stride
         self.normalize_output = normalize_output
         self.freeze_encoder = freeze_encoder
         self.register_buffer("mean", torch.tensor(tuple(input_mean)).view(1, 3, 1, 1), persistent=False)
@@ -294,8 +301,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | Non
         raise SlidrError(f"cannot read image weights file {path}: {error}") from None
     state = _find_state_dict(checkpoint, path)
     state = _strip_prefix(state, set(encoder.state_dict()), prefix, path, prefixes)
-    if hasattr(encoder, "adapt_state_dict"):  # another release's names for the same tensors (timm's DINOv2)
-        state = encoder.adapt_state_dict(state)
+    adapt = getattr(encoder, "adapt_state_dict", None)
+    if adapt is not None:  # another release's names for the same tensors (timm's DINOv2)
+        state = adapt(state)
     has_classifier = any(key.startswith(_CLASSIFIER_PREFIXES) for key in encoder.state_dict())
     if not has_classifier:
         state = {key: value for key, value in state.items() if not key.startswith(_CLASSIFIER_PREFIXES)}
