@@ -101,3 +101,52 @@ def test_knn_sequence_on_tiny_world(tiny_nuscenes_world, tmp_path):
         assert animation.n_frames == 2
     with pytest.raises(SlidrError, match="unknown classes"):
         knn_sequence(path, tmp_path / "bad", scene=scene, classes=["unicorn"])
+
+
+@pytest.mark.parametrize("method", ["slidr", "scalr"])
+def test_knn_reads_the_features_the_pretraining_trained(tiny_nuscenes_world, tmp_path, monkeypatch, method):
+    """SLidR trains the network's output (through ``final``): the k-NN compares it. ScaLR trains forward_features
+    through its projection head and leaves ``final`` at its initialisation: the k-NN compares forward_features
+    (L2-normalised), the features the downstream uses, not the output of the untrained last layer."""
+    import json
+
+    import torch
+
+    import slidr.analysis.knn as knn
+    from slidr.config import PretrainConfig, load_config
+    from slidr.data.index import load_index
+    from slidr.data.prepare_nuscenes import prepare_nuscenes
+    from slidr.engine.checkpoint import export_pretrained, load_backbone
+    from slidr.models.sparse import SparseTensor
+    from slidr.models.unet import build_backbone
+
+    prepare_nuscenes(tiny_nuscenes_world, "v1.0-trainval", tmp_path / "index.npz")
+    cfg = load_config(PretrainConfig, None, [f"data.index={tmp_path / 'index.npz'}", f"method={method}",
+                                             "backbone.name=minkunet14_half", "data.image_size=[96,160]"])
+    torch.manual_seed(0)
+    path = export_pretrained(tmp_path / "pretrained.pt", build_backbone(cfg.backbone), None, cfg, method)
+    seen = []
+    features = knn._features
+
+    def spy(model, scan, *args):
+        seen.append((scan, features(model, scan, *args)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(knn, "_features", spy)
+    scene = next(iter(load_index(tmp_path / "index.npz").scenes))
+    result = knn.knn_sequence(path, tmp_path / "knn", scene=scene, classes=["car", "manmade"], k=5, max_frames=2)
+
+    model = build_backbone(cfg.backbone)
+    load_backbone(path, model, None)
+    model.eval()
+    scan, used = seen[0]
+    coords = torch.from_numpy(scan["voxel_coords"])
+    voxels = SparseTensor(torch.cat([torch.zeros(len(coords), 1, dtype=coords.dtype), coords], dim=1),
+                          torch.from_numpy(scan["voxel_feats"]))
+    with torch.no_grad():
+        output = model(voxels).numpy()
+        backbone = torch.nn.functional.normalize(model.forward_features(voxels), dim=1).numpy()
+    expected, kind = (output, "output") if method == "slidr" else (backbone, "forward_features")
+    np.testing.assert_allclose(used, expected, rtol=1e-5, atol=1e-6)
+    assert used.shape[1] == (cfg.backbone.out_channels if method == "slidr" else model.feature_channels)
+    assert result["features"] == kind == json.loads((tmp_path / "knn" / "knn.json").read_text())["features"]

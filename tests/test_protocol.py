@@ -323,9 +323,25 @@ def _with_split(cfg: PretrainConfig, train_split: str, val_split: str) -> Pretra
     return with_changes(cfg, {"data.train_split": train_split, "data.val_split": val_split})
 
 
+def test_demo_configs_differ_by_their_method_only():
+    """The four CPU demo configs: the same data, network, teacher (ImageNet EfficientNet-Lite0, stages 8 and 16) and
+    budget; only the method, its loss settings and the superpixels it reads differ."""
+    from slidr.config import with_changes
+
+    slidr = load_config(PretrainConfig, "pretrain/demo_cpu")
+    assert (slidr.image.encoder, slidr.image.weights, slidr.image.feature_stages, slidr.image.output_stride) == (
+        "efficientnet_lite0", "package:efficientnet-lite0", [8, 16], None)
+    for method in ("ppkt", "scalr", "stslidr"):
+        cfg = load_config(PretrainConfig, f"pretrain/{method}_demo_cpu")
+        assert cfg.method == method
+        assert (cfg.image, cfg.backbone, cfg.optim, cfg.trainer) == (slidr.image, slidr.backbone, slidr.optim,
+                                                                     slidr.trainer), method
+        assert with_changes(cfg.data, {"superpixels": slidr.data.superpixels}) == slidr.data, method
+
+
 def test_demo_configs_keep_their_behaviour():
     """The demo deliberately runs slidr 0.1's settings on CPU: they are pinned in its files."""
-    for name in ("pretrain/demo_cpu", "pretrain/ppkt_demo_cpu"):
+    for name in ("pretrain/demo_cpu", "pretrain/ppkt_demo_cpu", "pretrain/scalr_demo_cpu", "pretrain/stslidr_demo_cpu"):
         cfg = load_config(PretrainConfig, name)
         assert cfg.data.point_features == "unit" and cfg.data.augment == TEXT_VARIANT, name
         assert cfg.backbone.block_bn_momentum == cfg.backbone.bn_momentum == 0.05, name

@@ -55,6 +55,8 @@ NUSCENES_CAMERAS = (
     "CAM_FRONT_LEFT",
 )
 KNN_CLASSES = ("vegetation", "car", "pedestrian")  # classes of ``slidr knn`` by default
+#: EfficientNet-Lite stages, named by their stride in the plain network (``image.feature_stages``)
+EFFICIENTNET_STAGE_STRIDES = (2, 4, 8, 16, 32)
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str,
@@ -244,13 +246,19 @@ class ImageModelConfig(ConfigBase):
 
     encoder: Annotated[str, RegistryName("image_encoder")] = "resnet50"  # slidr.models.IMAGE_ENCODERS
     dilated: bool = True  # SLidR: strides of the last three stages replaced by dilation; PPKT: False
-    weights: Optional[str] = None  # local checkpoint file; None = random init (a warning says so)
+    # local checkpoint file, or package:<name> for weights shipped by an installed package (package:efficientnet-lite0);
+    # None = random init (a warning says so)
+    weights: Optional[str] = None
     weights_prefix: Optional[str] = None  # prefix stripped from checkpoint keys, e.g. "module.encoder_q."
     out_channels: int = 64
     normalize_output: bool = True
     freeze_encoder: bool = True
     layers: int = 1  # ViT encoders: patch tokens of the last k blocks, concatenated (k * D channels)
     final_norm: bool = True  # ViT encoders: through the final LayerNorm; false: pre-norm tokens (ScaLR's x_pre_norm)
+    # EfficientNet-Lite encoders: the stages whose outputs are the dense features, named by their stride in the plain
+    # network (2, 4, 8, 16, 32), concatenated at the finest one's resolution; null: the encoder's default [8, 16]
+    feature_stages: Optional[list[int]] = None
+    output_stride: Optional[int] = None  # EfficientNet-Lite encoders: strides past this become dilation; null: none
 
     def validate(self, where: str) -> None:
         positive(self.out_channels, subkey(where, "out_channels"))
@@ -258,6 +266,18 @@ class ImageModelConfig(ConfigBase):
         if (self.layers != 1 or not self.final_norm) and not self.encoder.startswith(("vit", "dinov2")):
             raise ConfigError(f"{subkey(where, 'layers')} and {subkey(where, 'final_norm')} apply to ViT encoders "
                               f"(vit_small, dinov2_*), not to {self.encoder}", key=subkey(where, "layers"))
+        stages_key, stride_key = subkey(where, "feature_stages"), subkey(where, "output_stride")
+        if (self.feature_stages is not None or self.output_stride is not None) and \
+                not self.encoder.startswith("efficientnet"):
+            raise ConfigError(f"{stages_key} and {stride_key} apply to EfficientNet-Lite encoders "
+                              f"(efficientnet_lite*), not to {self.encoder}; set them to null", key=stages_key)
+        if self.feature_stages is not None and (
+                not self.feature_stages or not set(self.feature_stages) <= set(EFFICIENTNET_STAGE_STRIDES)):
+            raise ConfigError(f"{stages_key} must be a non-empty subset of {list(EFFICIENTNET_STAGE_STRIDES)} (stages "
+                              f"named by their stride), got {self.feature_stages}", key=stages_key)
+        if self.output_stride is not None and self.output_stride not in EFFICIENTNET_STAGE_STRIDES:
+            raise ConfigError(f"{stride_key} must be one of {list(EFFICIENTNET_STAGE_STRIDES)} or null, got "
+                              f"{self.output_stride}", key=stride_key)
 
 
 @dataclass(frozen=True)
@@ -1034,7 +1054,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config", base: Any = None)
     if isinstance(data, _FromFile):
         base = None
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(typing.cast(Any, cls))}
     unknown = [key for key in data if key not in fields]
     if unknown:
         key = unknown[0]

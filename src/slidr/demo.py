@@ -8,9 +8,9 @@ chart, the pretraining loss curves, a similarity map and a k-NN frame, and ``res
 Honesty rules built in: pretraining and probe training use ``train_split``, the scores are measured on
 ``eval_split`` only (tune on the ``parametrizing`` / ``verifying`` splits, never on ``val``); the per-pixel class
 maps of the synthetic world are never read (only the lidar labels, by the probe and the evaluation); the image
-teacher's origin (random init or a weights file) is written into ``results.json``. Every stage that finished is
-reused when the demo runs again with the same output folder (the world, its superpixels, pretrained files, probe
-runs), so an interrupted demo resumes.
+teacher of each pretraining (encoder, weights file or random init) is written into the table and ``results.json``.
+Every stage that finished is reused when the demo runs again with the same output folder (the world, its
+superpixels, pretrained files, probe runs), so an interrupted demo resumes.
 """
 
 from __future__ import annotations
@@ -89,9 +89,14 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
     from slidr.analysis.report import per_class_table, write_report
 
     runs = {DISPLAY_NAMES[name]: evaluation for name, evaluation in evaluations.items()}
+    teachers = {name: pretraining_teacher(pretrain_summaries[name], pretrain_cfgs[name]) if name != "random" else None
+                for name in evaluations}
+    details = {DISPLAY_NAMES[name]: teacher_columns(teacher) for name, teacher in teachers.items()}
+    notes = teacher_notes({DISPLAY_NAMES[name]: teacher for name, teacher in teachers.items()})
     protocol = probe_protocol(cfg.probe)
     report = write_report(runs, out, stem="linear_probe",
-                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split; {protocol}), mIoU %")
+                          title=f"Linear probing on the synthetic world ({cfg.eval_split} split; {protocol}), mIoU %",
+                          details=details, notes=notes)
     curves = plot_pretraining_curves(pretrain_summaries, out / "pretraining_loss.png")
     timings["report_s"] = time.perf_counter() - began
 
@@ -99,16 +104,15 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
     analysis = run_analysis(cfg, pretrained.get("slidr"), index_path, out)
     timings["analysis_s"] = time.perf_counter() - began
 
-    teacher = next(iter(pretrain_cfgs.values())).image
     results = {
         "linear_probe": {name: {"miou": e["miou"], "fwiou": e["fwiou"], "accuracy": e["accuracy"],
-                                "per_class": e["per_class"]} for name, e in evaluations.items()},
-        "pretraining": {method: {key: summary.get(key) for key in
-                                 ("initial_loss", "final_loss", "epoch_losses", "epochs", "scans_per_s")}
+                                "per_class": e["per_class"], "teacher": teachers[name]}
+                         for name, e in evaluations.items()},
+        "pretraining": {method: {**{key: summary.get(key) for key in
+                                    ("initial_loss", "final_loss", "epoch_losses", "epochs", "scans_per_s")},
+                                 "teacher": teachers.get(method) or pretraining_teacher(summary, pretrain_cfgs[method])}
                         for method, summary in pretrain_summaries.items()},
         "probe_protocol": protocol,
-        "teacher": {"encoder": teacher.encoder,
-                    "weights": teacher.weights or "none: randomly initialised, frozen (no labels, no ImageNet)"},
         "world": {"path": str(Path(cfg.world).resolve()), "scenes": cfg.scenes, "frames": cfg.frames,
                   "image_size": cfg.image_size, "train_split": cfg.train_split, "eval_split": cfg.eval_split},
         "superpixels": superpixels,
@@ -123,9 +127,40 @@ def run_demo(out: str | Path, cfg: Optional[DemoConfig] = None) -> dict[str, Any
     write_json(out / "results.json", results)
     print()
     print(f"linear probing: {protocol}")
-    print(per_class_table(runs), end="")
+    print(per_class_table(runs, details), end="")
+    print("".join(f"{line}\n" for line in notes), end="")
     print(f"\nslidr demo finished in {results['wall_s']:.0f} s; results in {out.resolve()}")
     return results
+
+
+def pretraining_teacher(summary: dict, cfg: PretrainConfig) -> Optional[dict[str, Any]]:
+    """The image teacher a pretraining distilled: what its ``summary.json`` recorded (``teacher``), or, for a run
+    from before slidr recorded it, :func:`~slidr.models.image.describe_teacher` of its config. None: no teacher."""
+    if "teacher" in summary:
+        return summary["teacher"]
+    from slidr.models.image import describe_teacher
+
+    return describe_teacher(cfg.image)
+
+
+def teacher_columns(teacher: Optional[dict[str, Any]]) -> dict[str, str]:
+    """The teacher's cells of the results table: encoder, weights file name, whether it was pretrained ("none" for
+    a run without teacher, the random-init probe)."""
+    if teacher is None:
+        return {"teacher": "none", "teacher weights": "none", "pretrained teacher": "none"}
+    weights = Path(teacher["weights_file"]).name if teacher.get("weights_file") else "none (random init)"
+    return {"teacher": teacher["encoder"], "teacher weights": weights,
+            "pretrained teacher": "yes" if teacher.get("pretrained") else "no"}
+
+
+def teacher_notes(teachers: dict[str, Optional[dict[str, Any]]]) -> list[str]:
+    """One line per distinct teacher weights file under the table: its full path (and package), the runs using it."""
+    files: dict[str, list[str]] = {}
+    for name, teacher in teachers.items():
+        if teacher is not None and teacher.get("weights_file"):
+            label = teacher["weights_file"] + (f" (package {teacher['package']})" if teacher.get("package") else "")
+            files.setdefault(label, []).append(name)
+    return [f"teacher weights of {', '.join(names)}: {label}" for label, names in files.items()]
 
 
 def probe_protocol(cfg: DownstreamConfig) -> str:

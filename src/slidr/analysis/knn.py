@@ -5,6 +5,12 @@ frame, every point gets, for each chosen class, the probability that it belongs 
 k nearest database features (Euclidean distance on the features, i.e. cosine distance for L2-normalised ones)
 that carry the class, a binary k-NN classifier per class. One k-d tree query answers all classes at once.
 
+Which features: those the pretraining trained. For SLidR, PPKT, ST-SLidR and PointContrast, the 3D network's output
+(its last layer ``final`` is in their loss; L2-normalised when ``backbone.normalize_output``). ScaLR and
+DepthContrast train ``forward_features`` through a head of their own and leave ``final`` at its initialisation
+(their module's ``trains_output`` is False): their k-NN compares ``forward_features``, the features the downstream
+tasks read, L2-normalised so that the distance is the cosine one here too. ``knn.json`` says which (``features``).
+
 Frames are rendered as a bird's-eye view and a camera overlay with red = car, blue = pedestrian and
 green = vegetation, each mixed in by its probability over a grey base, written as PNG frames and an animated GIF;
 per-frame precision and recall per class (a point is predicted positive when its probability exceeds 0.5) are
@@ -16,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, cast
+from typing import Any, Iterable, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -229,7 +235,8 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     Returns
     -------
     dict
-        What ``knn.json`` holds: ``scene``, ``database_token``, ``classes``, ``k``, ``frames`` (token, per-class
+        What ``knn.json`` holds: ``scene``, ``database_token``, ``classes``, ``k``, ``features`` (``output`` or
+        ``forward_features``, see the module docstring), ``frames`` (token, per-class
         precision/recall), ``mean_precision``, ``mean_recall`` (per class over frames), ``gif``, ``seconds``.
     """
     from slidr.data.classes import class_names
@@ -237,12 +244,14 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     from slidr.data.index import index_dataset, load_index
     from slidr.engine.checkpoint import load_backbone, load_pretraining_export
     from slidr.errors import SlidrError
+    from slidr.methods import METHODS
     from slidr.models.unet import build_backbone
     from slidr.utils.io import write_json
     from slidr.utils.progress import progress
 
     start = time.perf_counter()
     _, cfg = load_pretraining_export(pretrained, "knn")
+    from_output = getattr(METHODS.get(cfg.method, where=f"{pretrained}: method"), "trains_output", True)
     model = build_backbone(cfg.backbone)
     load_backbone(pretrained, model, None)
     model.eval()
@@ -287,7 +296,7 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
         if scan.get("labels") is None:
             raise SlidrError(f"sample {scan['token']} has no labels; k-NN transfer needs a labelled sequence")
         with torch.no_grad():
-            voxel_features = _features(model, scan)
+            voxel_features = _features(model, scan, from_output)
         voxel_labels = scan["labels"][_kept_points(scan)] if "voxel_labels" not in scan else scan["voxel_labels"]
         if database is None:
             database = FeatureDatabase(voxel_features, voxel_labels)
@@ -305,7 +314,7 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     gif = write_gif(pngs, out / "knn.gif", frame_ms)
     result = {
         "scene": scene, "database_token": database_token, "classes": list(classes), "k": k,
-        "frames": frames,
+        "features": "output" if from_output else "forward_features", "frames": frames,
         "mean_precision": {c: _mean(f["scores"][c]["precision"] for f in frames) for c in classes},
         "mean_recall": {c: _mean(f["scores"][c]["recall"] for f in frames) for c in classes},
         "gif": str(gif), "frame_pngs": [str(p) for p in pngs],
@@ -315,12 +324,17 @@ def knn_sequence(pretrained: str | Path, out: str | Path, *, index: Optional[str
     return result
 
 
-def _features(model: torch.nn.Module, scan: dict) -> np.ndarray:
+def _features(model: Any, scan: dict, from_output: bool = True) -> np.ndarray:  # a BACKBONES network
+    """(V, C) features of the scan's voxels: the network's output, or (``from_output`` False) its
+    ``forward_features`` L2-normalised."""
     from slidr.models.sparse import SparseTensor
 
     coords = torch.from_numpy(scan["voxel_coords"])
     coords = torch.cat([torch.zeros(len(coords), 1, dtype=coords.dtype), coords], dim=1)
-    return model(SparseTensor(coords, torch.from_numpy(scan["voxel_feats"]))).numpy()
+    voxels = SparseTensor(coords, torch.from_numpy(scan["voxel_feats"]))
+    if from_output:
+        return model(voxels).numpy()
+    return torch.nn.functional.normalize(model.forward_features(voxels), dim=1).numpy()
 
 
 def _kept_points(scan: dict) -> np.ndarray:

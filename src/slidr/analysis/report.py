@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,28 +48,46 @@ def load_evaluation(path: str | Path) -> dict:
     return data
 
 
-def per_class_table(runs: Mapping[str, Mapping]) -> str:
+def per_class_table(runs: Mapping[str, Mapping], details: Optional[Mapping[str, Mapping[str, str]]] = None) -> str:
     """Markdown table: one row per run, columns mIoU then each class (percent, ``n/a`` when not available).
 
     Parameters
     ----------
     runs : run name -> evaluation (``miou``, ``per_class``); all runs must share the same classes.
+    details : run name -> {column: text}, optional
+        Text columns shown between the run's name and its mIoU (e.g. the image teacher of a pretraining), in the
+        order they first appear; a run without a value shows an empty cell.
     """
     classes = _shared_classes(runs)
-    header = ["method", "mIoU", *classes]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    columns = _detail_columns(details)
+    header = ["method", *columns, "mIoU", *classes]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] * (1 + len(columns)) + ["---:"] * (len(header) - 1 - len(columns))) + "|"]
     for name, evaluation in runs.items():
-        cells = [name, _cell(evaluation["miou"])] + [_cell(evaluation["per_class"].get(c)) for c in classes]
+        text = [str((details or {}).get(name, {}).get(column, "")) for column in columns]
+        cells = [name, *text, _cell(evaluation["miou"])] + [_cell(evaluation["per_class"].get(c)) for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def table_json(runs: Mapping[str, Mapping]) -> dict:
-    """The table as JSON: ``classes`` and, per run, ``miou``, ``fwiou``, ``accuracy`` and ``per_class``."""
+def table_json(runs: Mapping[str, Mapping], details: Optional[Mapping[str, Mapping[str, Any]]] = None) -> dict:
+    """The table as JSON: ``classes`` and, per run, ``miou``, ``fwiou``, ``accuracy``, ``per_class`` and, when
+    given, ``details`` (the run's entry of ``details``)."""
     classes = _shared_classes(runs)
-    return {"classes": classes, "runs": {
+    table: dict[str, Any] = {"classes": classes, "runs": {
         name: {"miou": e["miou"], "fwiou": e.get("fwiou"), "accuracy": e.get("accuracy"),
                "per_class": {c: e["per_class"].get(c) for c in classes}} for name, e in runs.items()}}
+    if details is not None:
+        for name, entry in table["runs"].items():
+            entry["details"] = dict(details.get(name, {}))
+    return table
+
+
+def _detail_columns(details: Optional[Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    columns: list[str] = []
+    for entry in (details or {}).values():
+        columns += [column for column in entry if column not in columns]
+    return columns
 
 
 def bar_chart(runs: Mapping[str, Mapping], path: str | Path, title: str = "per-class IoU") -> Path:
@@ -103,14 +121,20 @@ def bar_chart(runs: Mapping[str, Mapping], path: str | Path, title: str = "per-c
 
 
 def write_report(runs: Mapping[str, Mapping], out: str | Path, stem: str = "results",
-                 title: Optional[str] = None) -> dict[str, Path]:
-    """Write ``STEM.md`` (table), ``STEM.json`` and ``STEM_per_class.png`` into ``out``; returns their paths."""
+                 title: Optional[str] = None, details: Optional[Mapping[str, Mapping[str, str]]] = None,
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``STEM.md`` (table), ``STEM.json`` and ``STEM_per_class.png`` into ``out``; returns their paths.
+
+    ``details``: text columns per run (:func:`per_class_table`); ``notes``: lines written under the markdown table.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = (f"# {title}\n\n" if title else "") + per_class_table(runs)
+    markdown = (f"# {title}\n\n" if title else "") + per_class_table(runs, details)
+    if notes:
+        markdown += "\n" + "".join(f"{line}\n" for line in notes)
     paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json", "chart": out / f"{stem}_per_class.png"}
     atomic_write_text(paths["markdown"], markdown)
-    write_json(paths["json"], table_json(runs))
+    write_json(paths["json"], table_json(runs, details))
     bar_chart(runs, paths["chart"], title=title or "per-class IoU")
     return paths
 

