@@ -178,6 +178,29 @@ def test_ablate_smoke_writes_the_table_and_resumes(tiny_nuscenes_world, tmp_path
 
 
 @pytest.mark.slow
+def test_ablate_smoke_runs_every_cell(tiny_nuscenes_world, tmp_path):
+    """Each packaged cell (teachers, superpixel sets computed on demand, methods, random init) runs end to end and
+    lands in its section of the table with the keys the JSON promises (about 100 s on 2 cores)."""
+    import shutil
+
+    from slidr.config import AblationConfig, load_config
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_nuscenes_world, world)
+    out = tmp_path / "ablation"
+    assert main(["ablate", "--world", str(world), "--out", str(out), "--smoke", "--seeds", "1"]) == 0
+    table = json.loads((out / "ablation.json").read_text())
+    packaged = list(load_config(AblationConfig, "ablation/demo_cpu.yaml").cells)
+    assert [cell["name"] for cell in table["cells"]] == packaged
+    by_name = {cell["name"]: cell for cell in table["cells"]}
+    assert all(cell["miou_mean"] is not None and cell["seeds"] == [0] for cell in table["cells"])
+    assert {by_name[name]["superpixels"] for name in ("slic100", "slidr", "slic200", "fh", "no_superpixels")} == \
+        {"slic100", "slic150", "slic200", "fh", "none"}
+    assert {by_name[name]["method"] for name in ("ppkt", "stslidr", "scalr")} == {"ppkt", "stslidr", "scalr"}
+    assert "random" in by_name["random_teacher"]["teacher"] and by_name["random_init"]["teacher"] in (None, "none")
+
+
+@pytest.mark.slow
 def test_reproduce_table1_smoke(tmp_path):
     out = tmp_path / "table1"
     assert main(["reproduce", "table1", "--out", str(out), "--smoke", "--seeds", "1"]) == 0
