@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from slidr.config import DemoConfig, DownstreamConfig, PretrainConfig, load_config, to_dict, with_changes
 from slidr.errors import SlidrError
-from slidr.utils.io import write_json
+from slidr.utils.io import save_figure, write_json
 from slidr.utils.log import logger
 
 DEFAULT_CONFIG = "demo/demo.yaml"  # a packaged config
@@ -236,7 +236,6 @@ def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slidr.utils.io import atomic_path
 
     figure, axis = plt.subplots(figsize=(6, 3.6), dpi=110)
     for method, summary in summaries.items():
@@ -249,10 +248,7 @@ def plot_pretraining_curves(summaries: dict[str, dict], path: Path) -> Path:
     axis.set_title("pretraining loss")
     axis.legend()
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def copy_world_previews(world: Path, out: Path) -> dict[str, str]:

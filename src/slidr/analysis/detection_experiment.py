@@ -32,7 +32,7 @@ import numpy as np
 from slidr.analysis.runner import Cell, cell_state, measured_text, run_cells, statistics, write_table_files
 from slidr.config import ConfigError, DetectionConfig, with_changes
 from slidr.errors import SlidrError
-from slidr.utils.io import atomic_path, atomic_write_text, write_json
+from slidr.utils.io import atomic_write_text, save_figure, write_json
 from slidr.utils.log import logger
 
 PRETRAININGS = ("random", "ppkt", "slidr")
@@ -301,11 +301,7 @@ def detection_table_chart(table: Mapping, path: str | Path) -> Path:
         axis.set_ylabel("%")
         axis.legend(fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def write_detection_table(table: Mapping, out: str | Path, stem: str = "detection_table") -> dict[str, Path]:

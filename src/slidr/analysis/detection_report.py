@@ -17,7 +17,7 @@ import numpy as np
 
 from slidr.analysis.report import _cell
 from slidr.errors import SlidrError
-from slidr.utils.io import atomic_path, atomic_write_text, write_json
+from slidr.utils.io import atomic_write_text, save_figure, write_json
 
 METRIC_TITLES = {"3d": "3D", "bev": "BEV", "bbox": "2D", "aos": "AOS"}
 SHORT_DIFFICULTY = {"easy": "easy", "moderate": "mod.", "hard": "hard"}
@@ -130,11 +130,7 @@ def detection_bar_chart(runs: Mapping[str, Mapping], path: str | Path, metrics: 
         axis.legend(fontsize=8)
     axes[0, 0].set_title(title)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def write_detection_report(runs: Mapping[str, Mapping], out: str | Path, stem: str = "detection",

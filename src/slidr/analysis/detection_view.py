@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, cast
 import numpy as np
 
 from slidr.data.boxes import BOX_EDGES, box_corners
-from slidr.utils.io import atomic_path
+from slidr.utils.io import save_figure
 
 GROUND_TRUTH_COLOUR = "#1a9850"
 OTHER_COLOUR = "#9e9e9e"
@@ -135,12 +135,7 @@ def draw_detection_frame(path: str | Path, points: np.ndarray, image: Optional[n
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def picture_items(num_frames: int, count: int) -> list[int]:

@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from slidr.analysis.similarity import denormalize_image
 from slidr.config import KNN_CLASSES, with_changes
+from slidr.utils.io import save_figure
 
 DEFAULT_CLASSES = KNN_CLASSES
 # RGB in [0, 1]; classes not listed are drawn in the next free colour of _EXTRA_COLOURS.
@@ -151,7 +152,6 @@ def render_frame(frame: KnnFrame, class_names: Sequence[str], path: str | Path, 
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from slidr.utils.io import atomic_path
 
     colours = class_colours(class_names)
     point_colours = mix_colours(frame.probabilities, colours)
@@ -186,11 +186,7 @@ def render_frame(frame: KnnFrame, class_names: Sequence[str], path: str | Path, 
     figure.legend(handles=legend, loc="lower center", ncol=len(legend), frameon=False)
     figure.suptitle(frame.title)
     figure.tight_layout(rect=(0, 0.05, 1, 0.95))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def write_gif(frames: Sequence[str | Path], path: str | Path, frame_ms: int = 500) -> Path:

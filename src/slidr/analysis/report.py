@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from slidr.errors import SlidrError
-from slidr.utils.io import atomic_path, atomic_write_text, write_json
+from slidr.utils.io import atomic_write_text, save_figure, write_json
 
 
 def load_evaluation(path: str | Path) -> dict:
@@ -113,11 +113,7 @@ def bar_chart(runs: Mapping[str, Mapping], path: str | Path, title: str = "per-c
     axis.set_title(title)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def write_report(runs: Mapping[str, Mapping], out: str | Path, stem: str = "results",

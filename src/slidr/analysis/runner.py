@@ -30,7 +30,7 @@ import numpy as np
 
 from slidr.config import DownstreamConfig, PretrainConfig
 from slidr.errors import ConfigError
-from slidr.utils.io import atomic_path, atomic_write_text, write_json
+from slidr.utils.io import atomic_write_text, save_figure, write_json
 from slidr.utils.log import logger
 
 
@@ -201,11 +201,7 @@ def grouped_bar_chart(path: str | Path, groups: Sequence[str], series: Mapping[s
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 
 from slidr.config import with_changes
 from slidr.errors import SlidrError, UsageError
+from slidr.utils.io import save_figure
 
 
 def cosine_similarity_maps(query: torch.Tensor, pixel_features: torch.Tensor,
@@ -89,7 +90,6 @@ def render_similarity(image: np.ndarray, pixel_map: np.ndarray, pixel_rc: np.nda
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slidr.utils.io import atomic_path
 
     height, width = pixel_map.shape
     figure, axes = plt.subplots(1, 2, figsize=(13, 3.6 * height / width * 2 + 0.8), dpi=100)
@@ -111,11 +111,7 @@ def render_similarity(image: np.ndarray, pixel_map: np.ndarray, pixel_rc: np.nda
     figure.colorbar(points, ax=axes[1], fraction=0.03, pad=0.01, label="cosine similarity")
     if title:
         figure.suptitle(title)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, bbox_inches="tight")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -52,7 +52,12 @@ from slidr.methods.detection import (
     to_kitti_objects,
 )
 from slidr.methods.detection_eval import KittiObjects, format_kitti_objects, kitti_ap
-from slidr.methods.downstream import check_point_features, resolve_backbone, with_resolved_backbone
+from slidr.methods.downstream import (
+    check_point_features,
+    format_score,
+    resolve_backbone,
+    with_resolved_backbone,
+)
 from slidr.models import sparse_input
 from slidr.models.detection import Detector, build_detector
 from slidr.models.unet import SRUNet
@@ -364,7 +369,8 @@ def run_detection(cfg: DetectionConfig, out: str | Path, resume: bool = False,
     }
     write_json(out / "summary.json", summary)
     logger.info("detect: moderate mAP 3D %s, BEV %s on %s (%d frames); results in %s",
-                _fmt(evaluation["map_moderate"]["3d"]), _fmt(evaluation["map_moderate"]["bev"]), cfg.data.val_split,
+                format_score(evaluation["map_moderate"]["3d"]), format_score(evaluation["map_moderate"]["bev"]),
+                cfg.data.val_split,
                 evaluation["num_frames"], out)
     return summary
 
@@ -396,6 +402,3 @@ def predict_frames(detector: Detector, dataset: Dataset, collate: Callable[[list
             results.append((sample, decode_batch(outputs, detector, cfg)[0]))
     return results
 
-
-def _fmt(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.2f}"

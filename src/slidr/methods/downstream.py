@@ -657,7 +657,7 @@ def run_downstream(cfg: DownstreamConfig, out: str | Path, resume: bool = False,
         "config": to_dict(cfg),
     }
     write_json(out / "summary.json", summary)
-    logger.info("%s: mIoU %s on %s (%d points); results in %s", cfg.mode, _fmt(evaluation["miou"]),
+    logger.info("%s: mIoU %s on %s (%d points); results in %s", cfg.mode, format_score(evaluation["miou"]),
                 cfg.data.val_split, evaluation["num_points"], out)
     return summary
 
@@ -679,7 +679,8 @@ def _probe_feature_statistics(model: nn.Module, train_set: Dataset, collate: Cal
     return feature_statistics(batches())
 
 
-def _fmt(value: Optional[float]) -> str:
+def format_score(value: Optional[float]) -> str:
+    """A score for a log line: two decimals, or ``n/a`` (an undefined metric)."""
     return "n/a" if value is None else f"{value:.2f}"
 
 

@@ -48,6 +48,19 @@ def atomic_path(path: str | Path, what: str = "") -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def save_figure(figure: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
+    """Write a matplotlib ``figure`` as a PNG at ``path`` atomically (:func:`atomic_path`) and close it; returns
+    ``path``. ``savefig_kwargs`` go to ``figure.savefig`` (e.g. ``bbox_inches="tight"``)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", **savefig_kwargs)
+    finally:
+        plt.close(figure)
+    return path
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
